@@ -1,0 +1,16 @@
+"""ComfyUI entry point of the CoCoCo video-inpainting pack.
+
+ComfyUI imports this folder as a package. ``cococo_core`` is a plain top-level library (also
+used from Python and the command line), so this folder is put on ``sys.path`` for it; the node
+package is imported relatively because ComfyUI owns the top-level name ``nodes``.
+"""
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
