@@ -1,0 +1,177 @@
+"""nodes/comfy_adapter.py with and without (fake) ComfyUI modules."""
+import os
+import sys
+
+import pytest
+import torch
+
+from nodes import comfy_adapter as adapter
+from workflow_executor import InterruptProcessingException, fake_comfyui
+
+from cococo_core.hooks import Cancelled, check_cancelled
+
+
+@pytest.fixture
+def plain_models(tmp_path, monkeypatch):
+    for name in ("folder_paths", "comfy", "comfy.model_management", "comfy.utils"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    adapter.set_models_dir(tmp_path / "models")
+    yield tmp_path / "models"
+    adapter.set_models_dir(None)
+
+
+def _touch(path, text="x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_plain_python_folders_and_listing(plain_models):
+    assert not adapter.in_comfyui()
+    assert adapter.model_folders("cococo") == [plain_models / "cococo"]
+    _touch(plain_models / "cococo" / "motion.safetensors")
+    _touch(plain_models / "cococo" / "official" / "model_0.pth")
+    _touch(plain_models / "cococo" / "official" / "model_1.pth")
+    _touch(plain_models / "cococo" / "notes.txt")
+    _touch(plain_models / "diffusers" / "sd-inpaint" / "model_index.json")
+    _touch(plain_models / "diffusers" / "sd-inpaint" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert adapter.list_models("cococo") == ["motion.safetensors", "official"]
+    assert adapter.list_models("diffusers") == ["sd-inpaint"]
+    assert adapter.list_models("loras") == []
+    with pytest.raises(ValueError, match="unknown model folder key"):
+        adapter.list_models("vae_approx")
+
+
+def test_models_dir_from_environment(plain_models, monkeypatch, tmp_path):
+    adapter.set_models_dir(None)
+    monkeypatch.setenv("COCOCO_MODELS_DIR", str(tmp_path / "elsewhere"))
+    assert adapter.model_folders("sams") == [tmp_path / "elsewhere" / "sams"]
+
+
+def test_resolve_inside_folder_only(plain_models, tmp_path):
+    weights = _touch(plain_models / "loras" / "style" / "anime.safetensors")
+    assert adapter.resolve_model("loras", "style/anime.safetensors") == weights
+    assert adapter.resolve_model("loras", "style\\anime.safetensors") == weights  # a workflow saved on Windows
+    for bad in ("../loras/style/anime.safetensors", "style/../../x", str(weights), "C:\\models\\a.safetensors", ""):
+        with pytest.raises(ValueError):
+            adapter.resolve_model("loras", bad)
+    outside = _touch(tmp_path / "secret.safetensors")
+    os.symlink(outside, plain_models / "loras" / "link.safetensors")
+    with pytest.raises(ValueError, match="outside that folder"):
+        adapter.resolve_model("loras", "link.safetensors")
+
+
+def test_missing_model_message_says_what_where_and_from_where(plain_models):
+    _touch(plain_models / "cococo" / "other.safetensors")
+    with pytest.raises(FileNotFoundError) as error:
+        adapter.resolve_model("cococo", "cococo_motion.safetensors")
+    message = str(error.value)
+    assert "cococo_motion.safetensors" in message
+    assert str(plain_models / "cococo") in message
+    assert "github.com/zibojia/COCOCO" in message
+    assert "other.safetensors" in message
+
+
+def test_plain_device_dtype_and_memory(plain_models):
+    assert adapter.intermediate_device() == torch.device("cpu")
+    assert adapter.model_dtype("auto", torch.device("cpu")) == torch.float32
+    assert adapter.model_dtype("auto", torch.device("cuda")) == torch.float16
+    assert adapter.model_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        adapter.model_dtype("fp8", torch.device("cpu"))
+    adapter.free_memory(10, torch.device("cpu"))  # nothing to evict outside ComfyUI
+    adapter.soft_empty_cache()
+
+
+def test_plain_cancel_flag(plain_models):
+    cancel = adapter.interrupt_check()
+    check_cancelled(cancel)
+    adapter.request_cancel()
+    with pytest.raises(Cancelled):
+        check_cancelled(cancel)
+    check_cancelled(adapter.interrupt_check())  # a new job starts uncancelled
+
+
+def test_plain_progress_uses_tqdm(plain_models):
+    progress = adapter.Progress("test")
+    for step in range(1, 4):
+        progress(step, 3, None)
+    assert progress.last == (3, 3)
+    assert progress._bar is not None  # a tqdm bar (silent when not on a terminal)
+
+
+def test_comfyui_registration_keeps_user_paths(tmp_path):
+    with fake_comfyui(tmp_path) as state:
+        folder_paths = state["modules"]["folder_paths"]
+        folder_paths.add_model_folder_path("cococo", "/data/user/cococo")  # from extra_model_paths.yaml
+        adapter.register_model_folders()
+        adapter.register_model_folders()  # idempotent
+        paths, extensions = folder_paths.folder_names_and_paths["cococo"]
+        assert paths == ["/data/user/cococo", str(tmp_path / "models" / "cococo")]
+        assert ".safetensors" in extensions
+        for key in adapter.PACK_KEYS:
+            assert (tmp_path / "models" / key).is_dir()
+        assert adapter.in_comfyui()
+        assert adapter.model_folders("checkpoints") == [tmp_path / "models" / "checkpoints"]
+
+
+def test_comfyui_devices_dtype_memory(tmp_path):
+    with fake_comfyui(tmp_path, unet_dtype=torch.float8_e4m3fn) as state:
+        assert adapter.torch_device() == torch.device("cpu")
+        assert adapter.model_dtype("auto", torch.device("cuda")) == torch.float16  # fp8 storage: compute in fp16
+        state["unet_dtype"] = torch.bfloat16
+        assert adapter.model_dtype("auto", torch.device("cuda")) == torch.bfloat16
+        adapter.free_memory(123, torch.device("cuda"))
+        adapter.soft_empty_cache()
+        names = [call[0] for call in state["calls"]]
+        assert names == ["free_memory", "soft_empty_cache"]
+
+
+def test_comfyui_progress_and_interrupt(tmp_path):
+    with fake_comfyui(tmp_path) as state:
+        progress, cancel = adapter.Progress(), adapter.interrupt_check()
+        state["interrupt_at"] = 2
+        with pytest.raises(InterruptProcessingException):
+            for step in range(1, 5):
+                check_cancelled(cancel)
+                progress(step, 4, None)
+        assert state["bars"][0].updates == [1, 2]
+        assert state["bars"][0].total == 4
+
+
+def test_comfyui_tokenizer_dir(tmp_path):
+    with fake_comfyui(tmp_path):
+        assert adapter.clip_tokenizer_dir() is None
+        assert "clip_tokenizer" in adapter.missing_tokenizer_message()
+        _touch(tmp_path / "comfy" / "sd1_tokenizer" / "vocab.json", "{}")
+        _touch(tmp_path / "comfy" / "sd1_tokenizer" / "merges.txt")
+        assert adapter.clip_tokenizer_dir() == tmp_path / "comfy" / "sd1_tokenizer"
+
+
+def test_cache_reuses_evicts_and_releases_on_unload(tmp_path):
+    loads = []
+
+    def loader(name):
+        return lambda: loads.append(name) or object()
+
+    cache = adapter.MODEL_CACHE
+    cache.release()
+    first = cache.get_or_load("pipe", "a", loader("a"))
+    assert cache.get_or_load("pipe", "a", loader("a")) is first
+    cache.get_or_load("pipe", "b", loader("b"))
+    cache.get_or_load("gdino", "a", loader("g"))
+    assert loads == ["a", "b", "g"] and len(cache) == 2  # one entry per slot by default
+    with fake_comfyui(tmp_path) as state:
+        adapter.register_model_folders()
+        state["modules"]["comfy.model_management"].unload_all_models()
+        assert len(cache) == 0
+        assert [c[0] for c in state["calls"]][-1] == "unload_all_models"  # ComfyUI's own still runs
+
+
+def test_file_signature_changes_with_content(tmp_path):
+    weights = _touch(tmp_path / "m" / "a.bin", "1")
+    folder_sig = adapter.file_signature(tmp_path / "m")
+    file_sig = adapter.file_signature(weights)
+    weights.write_text("22")
+    assert adapter.file_signature(weights) != file_sig
+    assert adapter.file_signature(tmp_path / "m") != folder_sig
