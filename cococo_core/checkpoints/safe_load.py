@@ -1,0 +1,266 @@
+"""Safe reading of untrusted checkpoint files.
+
+Formats:
+
+* ``.safetensors`` (preferred): 8-byte little-endian header length, a JSON header (``dtype``, ``shape``,
+  ``data_offsets`` per tensor, optional ``__metadata__`` string map), then raw bytes. Read with
+  ``safetensors``; nothing in it can execute code.
+* ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin``: torch pickles, read ONLY with
+  ``torch.load(weights_only=True)``, whose unpickler accepts tensors, containers and primitives and refuses
+  every other Python global (a Lightning callback, ``os.system``, ...) before calling it. A top-level
+  ``{"state_dict": {...}, "global_step": ...}`` wrapper (Lightning/LDM) is unwrapped.
+
+The format is recognised from the file's first bytes (not trusted from its extension): ``PK`` = zip
+torch file, ``\\x80`` = legacy pickle, otherwise a safetensors header is expected.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, unsafe, or not what was expected. The message names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle checkpoint asked for a Python object outside torch's weights-only allow-list."""
+
+
+def _sniff(path: Path) -> str:
+    """'zip' | 'pickle' | 'safetensors' from the first bytes; raises CheckpointError otherwise."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: the file is empty or truncated ({len(head)} bytes); it is not a checkpoint")
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] == b"{" and 0 < header_len <= 100_000_000:
+        return "safetensors"
+    raise CheckpointError(
+        f"{path}: not a checkpoint (neither a .safetensors header nor a torch pickle); "
+        "expected a .safetensors or .ckpt/.pt/.pth/.bin file"
+    )
+
+
+def _safetensors_error(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: cannot read this .safetensors file, it is truncated or corrupt ({error})")
+
+
+def _torch_load(path: Path, device) -> object:
+    kind = _sniff(path)
+    if kind == "safetensors":
+        raise CheckpointError(f"{path}: this is a safetensors file, not a pickle")
+    if kind == "zip" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: this torch checkpoint is truncated or corrupt (its zip directory is missing)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True, mmap=kind == "zip")
+    except pickle.UnpicklingError as error:
+        found = str(error).split("\n")
+        detail = next((line.strip() for line in found if "Unsupported global" in line or "GLOBAL" in line), found[0])
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load this pickle checkpoint: it contains Python objects that are not plain weights "
+            f"({detail}). Unpickling them could run arbitrary code, so it was not done. Use a .safetensors version "
+            "of this model, or convert the file to .safetensors with a tool you trust."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise CheckpointError(f"{path}: cannot read this torch checkpoint, it is truncated or corrupt ({error})") from None
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of named tensors")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    dropped = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if dropped:
+        log.info("%s: ignoring %d non-tensor entries: %s", path, len(dropped), ", ".join(dropped[:8]))
+    if not tensors:
+        raise CheckpointError(f"{path}: contains no tensors; it is not a model checkpoint")
+    return tensors
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return path
+
+
+def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read every tensor of a checkpoint file into a ``{name: tensor}`` dict on ``device``.
+
+    Raises FileNotFoundError, :class:`CheckpointError` (truncated/corrupt/not a checkpoint) or
+    :class:`UnsafeCheckpointError` (pickle needing non-allow-listed globals; never executed).
+    """
+    path = _existing(path)
+    if _sniff(path) == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(device))
+        except Exception as error:  # safetensors raises its own SafetensorError / OSError types
+            raise _safetensors_error(path, error) from None
+    return _unwrap(_torch_load(path, device), path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` string map of a safetensors file ({} for pickles or when absent)."""
+    path = _existing(path)
+    if _sniff(path) != "safetensors":
+        return {}
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as error:
+            raise _safetensors_error(path, error) from None
+    metadata = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
+class StateReader:
+    """Lazy, read-only view of a checkpoint: names, shapes and dtypes without loading, tensors one by one.
+
+    Use as a context manager: ``with open_state(path) as state: for k in state.keys(): t = state.get(k)``.
+    """
+
+    path: Path
+    metadata: dict[str, str]
+
+    def keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def dtype(self, key: str) -> torch.dtype:
+        raise NotImplementedError
+
+    def get(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {key: self.shape(key) for key in self.keys()}
+
+    def close(self) -> None:
+        pass
+
+    def __contains__(self, key: object) -> bool:
+        return key in set(self.keys())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __enter__(self) -> "StateReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _missing(self, key: str) -> KeyError:
+        return KeyError(f"{self.path}: has no tensor named {key!r}")
+
+
+class _SafetensorsReader(StateReader):
+    def __init__(self, path: Path, device: str):
+        from safetensors import safe_open
+
+        self.path = path
+        try:
+            self._file = safe_open(str(path), framework="pt", device=device)
+            self._keys = list(self._file.keys())
+            self.metadata = dict(self._file.metadata() or {})
+        except Exception as error:
+            raise _safetensors_error(path, error) from None
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if key not in self._keys:
+            raise self._missing(key)
+        return tuple(self._file.get_slice(key).get_shape())
+
+    def dtype(self, key: str) -> torch.dtype:
+        if key not in self._keys:
+            raise self._missing(key)
+        return _SAFETENSORS_DTYPES[self._file.get_slice(key).get_dtype()]
+
+    def get(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise self._missing(key)
+        try:
+            return self._file.get_tensor(key)
+        except Exception as error:
+            raise _safetensors_error(self.path, error) from None
+
+    def close(self) -> None:
+        self._file = None
+
+
+class _MemoryReader(StateReader):
+    """Fallback for pickles: torch.load (mmap'ed for zip files, so tensors are paged in on use)."""
+
+    def __init__(self, path: Path, state: dict[str, torch.Tensor]):
+        self.path, self._state, self.metadata = path, state, {}
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.get(key).shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.get(key).dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        try:
+            return self._state[key]
+        except KeyError:
+            raise self._missing(key) from None
+
+    def close(self) -> None:
+        self._state = {}
+
+
+def open_state(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> StateReader:
+    """Open a checkpoint for streaming (see :class:`StateReader`). Same errors as :func:`load_state_dict`."""
+    path = _existing(path)
+    if _sniff(path) == "safetensors":
+        return _SafetensorsReader(path, str(device))
+    return _MemoryReader(path, _unwrap(_torch_load(path, device), path))
