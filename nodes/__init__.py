@@ -1,3 +1,17 @@
-"""ComfyUI nodes of the pack: thin adapters over ``cococo_core``."""
+"""ComfyUI nodes of the pack: thin adapters over ``cococo_core``, one module per concern.
+
+Importing this package is cheap (the library and diffusers load when a node first runs) and
+registers the pack's model folders with ComfyUI when it runs inside ComfyUI.
+"""
+from . import comfy_adapter
+from . import nodes_cococo
+
+_MODULES = (nodes_cococo,)
+
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+for _module in _MODULES:
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+
+comfy_adapter.register_model_folders()

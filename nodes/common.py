@@ -1,0 +1,102 @@
+"""Shared pieces of the node classes: type names, widget specs, IMAGE/MASK conversion, device placement.
+
+ComfyUI layouts (comfyui-conventions.md §1.4): IMAGE is a float tensor [frames, H, W, 3] in 0..1 and
+MASK is [frames, H, W] (a single [H, W] mask is accepted); the pack's own objects travel under the
+type names below, never under core names such as MODEL or VAE.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from . import comfy_adapter as comfy
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "CoCoCo"
+COCOCO_PIPE = "COCOCO_PIPE"
+COCOCO_LORAS = "COCOCO_LORAS"
+GDINO_MODEL = "GDINO_MODEL"
+SAM_MODEL = "SAM_MODEL"
+LGVI_PIPE = "LGVI_PIPE"
+PACK_TYPES = (COCOCO_PIPE, COCOCO_LORAS, GDINO_MODEL, SAM_MODEL, LGVI_PIPE)
+SEED_MAX = 0xFFFFFFFFFFFFFFFF  # as core KSampler
+
+
+def model_input(key: str, tooltip: str) -> tuple:
+    """A combo of the models found in the ``key`` folder(s)."""
+    return (comfy.list_models(key), {"tooltip": f"{tooltip} Looked up in models/{key}/."})
+
+
+def check_model(key: str, name: str) -> bool | str:
+    """For VALIDATE_INPUTS: True, or the message naming the file, the folder and where to get it
+    (instead of ComfyUI's bare 'value not in list')."""
+    try:
+        comfy.resolve_model(key, name)
+    except (FileNotFoundError, ValueError) as error:
+        return str(error)
+    return True
+
+
+def seed_input(tooltip: str = "Random seed of the initial noise (and of the VAE posterior sample).") -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip})
+
+
+def text_input(tooltip: str, default: str = "") -> tuple:
+    return ("STRING", {"default": default, "multiline": True, "tooltip": tooltip})
+
+
+def frames_in(images: torch.Tensor) -> torch.Tensor:
+    """IMAGE [F, H, W, C] -> float32 RGB [F, H, W, 3] on the CPU."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"expected an IMAGE batch [frames, height, width, channels], got {getattr(images, 'shape', type(images))}")
+    return images[..., :3].detach().to("cpu", torch.float32)
+
+
+def mask_in(mask: torch.Tensor) -> torch.Tensor:
+    """MASK [F, H, W] or [H, W] -> float32 [F, H, W] on the CPU (1 = region to fill)."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
+        raise ValueError(f"expected a MASK [frames, height, width], got {getattr(mask, 'shape', type(mask))}")
+    mask = mask if mask.dim() == 3 else mask[None]
+    return mask.detach().to("cpu", torch.float32)
+
+
+def frames_out(frames: torch.Tensor) -> torch.Tensor:
+    """Frames from the library -> IMAGE on ComfyUI's intermediate device."""
+    return frames.to(comfy.intermediate_device(), torch.float32).clamp(0, 1).contiguous()
+
+
+def mask_out(mask: torch.Tensor) -> torch.Tensor:
+    return mask.to(comfy.intermediate_device(), torch.float32).contiguous()
+
+
+def _module_bytes(modules) -> int:
+    return sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())
+
+
+@contextlib.contextmanager
+def on_execution_device(pipe):
+    """Run a ``CoCoCoPipeline`` on ComfyUI's device, then put it back on the offload device.
+
+    ComfyUI first evicts its own models to make room; afterwards the pipeline leaves the accelerator
+    (unless ComfyUI keeps models there, e.g. --highvram), so other nodes get the memory back.
+    """
+    device, offload = comfy.torch_device(), comfy.offload_device()
+    resident = [pipe.unet] if pipe.offload else [pipe.unet, pipe.vae, pipe.text_encoder]
+    comfy.free_memory(_module_bytes([pipe.unet, pipe.vae, pipe.text_encoder]), device)
+    _place(pipe, device, resident)
+    try:
+        yield pipe
+    finally:
+        if offload != device:
+            _place(pipe, offload, resident)
+            comfy.soft_empty_cache()
+
+
+def _place(pipe, device: torch.device, modules) -> None:
+    pipe.device = torch.device(device)
+    for module in modules:
+        if module is not None:
+            module.to(device)

@@ -1,0 +1,151 @@
+"""CoCoCo model loader and video-inpainting sampler nodes (thin adapters over ``cococo_core.pipeline``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import comfy_adapter as comfy
+from .common import (CATEGORY, COCOCO_PIPE, check_model, frames_in, frames_out, mask_in, model_input,
+                     on_execution_device, seed_input, text_input)
+
+BASE_KEYS = ("checkpoints", "diffusers")
+
+
+def base_model_names() -> list[str]:
+    """Single files from models/checkpoints and folders from models/diffusers, as ``<key>/<name>``."""
+    return [f"{key}/{name}" for key in BASE_KEYS for name in comfy.list_models(key)]
+
+
+def split_base_name(base_model: str) -> tuple[str, str]:
+    key, _, name = str(base_model).replace("\\", "/").partition("/")
+    if key not in BASE_KEYS or not name:
+        raise ValueError(f"base model {base_model!r} must start with 'checkpoints/' (a single file) or 'diffusers/' "
+                         "(a diffusers folder)")
+    return key, name
+
+
+def resolve_base(base_model: str) -> tuple[Path, Path | None]:
+    """(path, CLIP tokenizer folder or None); single files need a tokenizer from outside the file."""
+    key, name = split_base_name(base_model)
+    path = comfy.resolve_model(key, name)
+    if key == "diffusers":
+        return path, None
+    tokenizer = comfy.clip_tokenizer_dir()
+    if tokenizer is None:
+        raise FileNotFoundError(comfy.missing_tokenizer_message())
+    return path, tokenizer
+
+
+def load_pipeline(base_model: str, motion_model: str, precision: str, offload: bool):
+    """A cached ``CoCoCoPipeline`` on the offload device (it visits the GPU only while sampling)."""
+    base, tokenizer = resolve_base(base_model)
+    motion = comfy.resolve_model("cococo", motion_model)
+    dtype = comfy.model_dtype(precision, comfy.torch_device())
+    key = (comfy.file_signature(base), comfy.file_signature(motion), str(dtype), bool(offload))
+
+    def load():
+        from cococo_core.pipeline import CoCoCoPipeline
+
+        return CoCoCoPipeline.from_pretrained(str(base), str(motion), tokenizer=tokenizer and str(tokenizer),
+                                              device=comfy.offload_device(), dtype=dtype, offload=offload)
+
+    return comfy.MODEL_CACHE.get_or_load("cococo_pipe", key, load)
+
+
+class CoCoCoModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "base_model": (base_model_names(), {"tooltip": "SD-1.5-inpainting base (9 input channels): a single "
+                               "file from models/checkpoints/ or a diffusers folder from models/diffusers/."}),
+                "motion_model": model_input("cococo", "CoCoCo motion weights: the official folder with model_0.pth"
+                                            " ... model_3.pth, or one converted .safetensors."),
+                "precision": (list(comfy.PRECISIONS), {"default": "auto", "tooltip": "Weight and compute dtype. auto: "
+                              "ComfyUI's choice (fp16 on capable GPUs, fp32 on CPU and MPS)."}),
+                "offload": ("BOOLEAN", {"default": False, "tooltip": "Keep the text encoder and the VAE on the CPU; "
+                            "they visit the GPU only while encoding/decoding (less VRAM, a bit slower)."}),
+            }
+        }
+
+    RETURN_TYPES = (COCOCO_PIPE,)
+    RETURN_NAMES = ("cococo_pipe",)
+    OUTPUT_TOOLTIPS = ("The CoCoCo video-inpainting model (SD-1.5-inpainting + 21 motion modules).",)
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/loaders"
+    DESCRIPTION = ("Loads CoCoCo: an SD-1.5-inpainting U-Net, VAE and CLIP text encoder plus the CoCoCo motion modules "
+                   "(damped global attention). The loaded model is kept in memory for the next runs.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, base_model, motion_model):
+        try:
+            key, name = split_base_name(base_model)
+        except ValueError as error:
+            return str(error)
+        for result in (check_model(key, name), check_model("cococo", motion_model)):
+            if result is not True:
+                return result
+        return True
+
+    def load(self, base_model, motion_model, precision, offload):
+        return (load_pipeline(base_model, motion_model, precision, offload),)
+
+
+class CoCoCoSampler:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "cococo_pipe": (COCOCO_PIPE, {"tooltip": "The model from CoCoCo Model Loader (or CoCoCo Personalize)."}),
+                "images": ("IMAGE", {"tooltip": "The video frames to inpaint, one IMAGE per frame."}),
+                "mask": ("MASK", {"tooltip": "Where to inpaint (1 = fill): one mask per frame, or a single mask "
+                         "used for every frame. Same size as the frames."}),
+                "prompt": text_input("What should appear in the masked region."),
+                "negative_prompt": text_input("What should not appear (the unconditional side of guidance)."),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "DDIM denoising steps (CoCoCo: 50)."}),
+                "cfg": ("FLOAT", {"default": 14.0, "min": 1.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                        "tooltip": "Classifier-free guidance scale (CoCoCo demo: 14; 1 disables guidance)."}),
+                "seed": seed_input(),
+                "context_length": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Frames per temporal window. "
+                                   "0: the whole video if the motion modules support it, else the longest window that "
+                                   "fits."}),
+                "context_overlap": ("INT", {"default": -1, "min": -1, "max": 63, "tooltip": "Frames shared by "
+                                    "neighbouring windows (blended). -1: a quarter of the window length."}),
+                "mask_dilate": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Grow the mask by this many "
+                                "pixels before inpainting (the official demo used 12)."}),
+                "paste_back": ("BOOLEAN", {"default": True, "tooltip": "Return the original pixels outside the "
+                               "(grown, feathered) mask, so the background stays untouched."}),
+                "paste_dilate": ("INT", {"default": 8, "min": 0, "max": 256, "tooltip": "Paste-back: generated "
+                                 "pixels are kept this many pixels beyond the mask."}),
+                "paste_feather": ("INT", {"default": 8, "min": 0, "max": 256, "tooltip": "Paste-back: width in "
+                                  "pixels of the blend between generated and original pixels."}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": "Working width in "
+                          "pixels (0: the frames' own; set one of width/height to keep the aspect). The result comes "
+                          "back at the input size."}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": "Working height in "
+                           "pixels (0: the frames' own)."}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The inpainted frames, same count and size as the input.",)
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Text-guided video inpainting with CoCoCo: DDIM with classifier-free guidance over all frames "
+                   "at once (or overlapping temporal windows for long videos), then paste-back of the background.")
+
+    def sample(self, cococo_pipe, images, mask, prompt, negative_prompt, steps, cfg, seed, context_length,
+               context_overlap, mask_dilate, paste_back, paste_dilate, paste_feather, width, height):
+        with on_execution_device(cococo_pipe) as pipe:
+            frames = pipe(
+                frames_in(images), mask_in(mask), prompt, negative_prompt, num_inference_steps=steps,
+                guidance_scale=cfg, seed=seed, width=width or None, height=height or None,
+                context_length=context_length or None, context_overlap=None if context_overlap < 0 else context_overlap,
+                mask_dilate=mask_dilate, paste_back=paste_back, paste_dilate=paste_dilate,
+                paste_feather=paste_feather, callback=comfy.Progress("CoCoCo"), cancel=comfy.interrupt_check(),
+            )
+        return (frames_out(frames),)
+
+
+NODE_CLASS_MAPPINGS = {"CoCoCoModelLoader": CoCoCoModelLoader, "CoCoCoSampler": CoCoCoSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"CoCoCoModelLoader": "CoCoCo Model Loader", "CoCoCoSampler": "CoCoCo Video Inpaint"}
