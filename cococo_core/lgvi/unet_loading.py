@@ -1,0 +1,138 @@
+"""Load the LGVI video U-Net from an official diffusers-style folder (``<ckpt>/unet/config.json`` +
+``diffusion_pytorch_model.safetensors`` / ``.bin`` / sharded index), with a strict key check.
+
+Keys are compared with the model before any weight is copied: missing keys, unexpected keys and
+shape mismatches are listed (grouped, so 16 temporal layers read as one line) in a
+:class:`CheckpointKeyError`; ``strict=False`` loads what matches and logs the rest instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections import Counter
+
+import torch
+
+from ._compat import load_tensor_file
+from .unet import LGVIUNet
+from .unet_config import LGVIUNetConfig, reconcile_with_weights
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+)
+INDEX_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+
+
+class CheckpointKeyError(ValueError):
+    """The checkpoint's tensors do not match the model built from its config."""
+
+
+@dataclasses.dataclass
+class KeyReport:
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple, tuple]]  # key, checkpoint shape, model shape
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 8) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({_grouped(self.missing, limit)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected ({_grouped(self.unexpected, limit)})")
+        if self.mismatched:
+            shown = ", ".join(f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched[:limit])
+            parts.append(f"{len(self.mismatched)} with other shapes ({shown})")
+        return "; ".join(parts) or "all keys match"
+
+
+def _grouped(keys: list[str], limit: int) -> str:
+    """Collapse block indices so repeated layers read as one pattern: 'down_blocks.*.attentions.*...' x16."""
+    patterns = Counter(".".join("*" if part.isdigit() else part for part in key.split(".")) for key in keys)
+    shown = [f"{pattern} x{count}" if count > 1 else pattern for pattern, count in patterns.most_common(limit)]
+    if len(patterns) > limit:
+        shown.append(f"... {len(patterns) - limit} more patterns")
+    return ", ".join(shown)
+
+
+def compare_keys(model_shapes: dict[str, tuple], file_shapes: dict[str, tuple]) -> KeyReport:
+    missing = sorted(set(model_shapes) - set(file_shapes))
+    unexpected = sorted(set(file_shapes) - set(model_shapes))
+    mismatched = [
+        (key, file_shapes[key], model_shapes[key])
+        for key in sorted(set(model_shapes) & set(file_shapes))
+        if tuple(file_shapes[key]) != tuple(model_shapes[key])
+    ]
+    return KeyReport(missing, unexpected, mismatched)
+
+
+def find_unet_folder(path: str | os.PathLike) -> str:
+    """Accept the checkpoint root (with ``unet/``) or the ``unet`` folder itself."""
+    path = os.fspath(path)
+    for candidate in (os.path.join(path, "unet"), path):
+        if os.path.isfile(os.path.join(candidate, "config.json")) and _has_weights(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"no LGVI U-Net found at {path}: expected unet/config.json and unet/diffusion_pytorch_model.safetensors "
+        f"(the layout of the Hugging Face repos jianzongwu/lgvi and jianzongwu/lgvi-i)"
+    )
+
+
+def _has_weights(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_NAMES + INDEX_NAMES)
+
+
+def read_unet_state_dict(folder: str) -> dict[str, torch.Tensor]:
+    for name in INDEX_NAMES:
+        index_path = os.path.join(folder, name)
+        if os.path.isfile(index_path):
+            with open(index_path, encoding="utf-8") as handle:
+                shards = sorted(set(json.load(handle)["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                if os.path.basename(shard) != shard:
+                    raise ValueError(f"{index_path}: shard name {shard!r} must be a plain file name")
+                state.update(load_tensor_file(os.path.join(folder, shard)))
+            return state
+    for name in WEIGHT_NAMES:
+        if os.path.isfile(os.path.join(folder, name)):
+            return load_tensor_file(os.path.join(folder, name))
+    raise FileNotFoundError(f"no U-Net weights in {folder} (looked for {', '.join(WEIGHT_NAMES)})")
+
+
+def load_lgvi_unet(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    strict: bool = True,
+) -> LGVIUNet:
+    """Build :class:`LGVIUNet` from ``<path>/unet`` (or ``path`` itself) and load its weights."""
+    folder = find_unet_folder(path)
+    config = LGVIUNetConfig.from_json_file(os.path.join(folder, "config.json"))
+    state = read_unet_state_dict(folder)
+    config = reconcile_with_weights(config, {key: tuple(value.shape) for key, value in state.items()})
+    with torch.device("meta"):
+        model = LGVIUNet(config)
+    report = compare_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, {k: tuple(v.shape) for k, v in state.items()})
+    if not report.ok:
+        message = f"LGVI U-Net checkpoint {folder} does not match its config: {report.summary()}"
+        if strict:
+            raise CheckpointKeyError(message + ". Check that config.json belongs to these weights, or load with strict=False.")
+        logger.warning("%s; loading the matching keys only, the rest keeps its initialisation", message)
+        model = LGVIUNet(config)  # real (initialised) parameters for whatever the file lacks
+        mismatched = {key for key, _, _ in report.mismatched}
+        model.load_state_dict({k: v for k, v in state.items() if k not in mismatched and k not in report.unexpected}, strict=False)
+    else:
+        model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
