@@ -298,8 +298,35 @@ class SaveImage(_Core):
         return _save_frames(self._dir("output"), filename_prefix, images)
 
 
+class MaskToImage(_Core):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"mask": ("MASK",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "mask_to_image"
+
+    def mask_to_image(self, mask):
+        return (mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).movedim(1, -1).expand(-1, -1, -1, 3),)
+
+
+class PreviewAny(_Core):
+    """Core 'Preview Any' (comfy_extras/nodes_preview_any.py): shows any value as text."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "main"
+
+    def main(self, source=None):
+        return {"ui": {"text": [str(source)]}, "result": ()}
+
+
 CORE_NODES = {cls.__name__: cls for cls in (LoadVideo, GetVideoComponents, CreateVideo, SaveVideo, LoadImage,
-                                            LoadImageMask, PreviewImage, SaveImage)}
+                                            LoadImageMask, PreviewImage, SaveImage, MaskToImage, PreviewAny)}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
@@ -403,3 +430,127 @@ def execute(prompt: dict, classes: dict) -> dict:
     for node_id in sorted(prompt, key=int):
         run(node_id)
     return done
+
+
+# --- UI-format (v0.4) workflows <-> API prompts, as the ComfyUI frontend converts them ----------
+
+UPLOAD_FLAGS = ("image_upload", "video_upload")
+
+
+def is_widget(kind, options: dict) -> bool:
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
+
+
+def widget_slots(node_class) -> list[tuple[str | None, object]]:
+    """The ``widgets_values`` layout: (input name, default) per entry; None names the extra entries the
+    frontend adds (the seed's 'control after generate' value, an upload button)."""
+    slots, upload = [], []
+    for name, (kind, options, _) in input_specs(node_class).items():
+        if not is_widget(kind, options):
+            continue
+        default = options.get("default", kind[0] if isinstance(kind, list) and kind else None)
+        slots.append((name, default))
+        if options.get("control_after_generate"):
+            slots.append((None, "fixed"))
+        if any(options.get(flag) for flag in UPLOAD_FLAGS):
+            upload = [(None, "image")]  # the upload button comes after all other widgets
+    return slots + upload
+
+
+def _depths(prompt: dict) -> dict:
+    depth: dict = {}
+
+    def visit(node_id):
+        if node_id not in depth:
+            links = [v for v in prompt[node_id]["inputs"].values() if isinstance(v, list)]
+            depth[node_id] = 1 + max((visit(str(link[0])) for link in links), default=-1)
+        return depth[node_id]
+
+    for node_id in prompt:
+        visit(node_id)
+    return depth
+
+
+def api_to_ui(prompt: dict, classes: dict) -> dict:
+    """A UI-format workflow (version 0.4) with a simple left-to-right layout by dependency depth."""
+    depths = _depths(prompt)
+    order = sorted(prompt, key=lambda n: (depths[n], int(n)))
+    nodes, links, next_y = [], [], {}
+    ui_nodes = {}
+    for position, node_id in enumerate(order):
+        node = prompt[node_id]
+        node_class = classes[node["class_type"]]
+        inputs = []
+        for name, (kind, options, _) in input_specs(node_class).items():
+            value = node["inputs"].get(name)
+            if not is_widget(kind, options) or isinstance(value, list):
+                entry = {"name": name, "type": "COMBO" if isinstance(kind, list) else kind, "link": None}
+                if is_widget(kind, options):
+                    entry["widget"] = {"name": name}
+                inputs.append(entry)
+        names = getattr(node_class, "RETURN_NAMES", node_class.RETURN_TYPES)
+        outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
+                   for i, (n, t) in enumerate(zip(names, node_class.RETURN_TYPES))]
+        values = [node["inputs"].get(name, default) if name is not None else default
+                  for name, default in widget_slots(node_class)]
+        values = [default if name is not None and isinstance(node["inputs"].get(name), list) else value
+                  for (name, default), value in zip(widget_slots(node_class), values)]
+        multiline = sum(1 for _, (k, o, _) in input_specs(node_class).items() if k == "STRING" and o.get("multiline"))
+        height = 46 + 22 * (len(inputs) + len(values) + max(len(outputs) - len(inputs), 0)) + 60 * multiline
+        column = depths[node_id]
+        y = next_y.get(column, 80)
+        next_y[column] = y + height + 60
+        ui = {"id": int(node_id), "type": node["class_type"], "pos": [60 + 400 * column, y], "size": [340, height],
+              "flags": {}, "order": position, "mode": 0, "inputs": inputs, "outputs": outputs,
+              "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values}
+        if node.get("_meta", {}).get("title"):
+            ui["title"] = node["_meta"]["title"]
+        ui_nodes[node_id] = ui
+        nodes.append(ui)
+    for node_id in order:
+        for slot, entry in enumerate(ui_nodes[node_id]["inputs"]):
+            value = prompt[node_id]["inputs"].get(entry["name"])
+            if not isinstance(value, list):
+                continue
+            source = ui_nodes[str(value[0])]
+            link_id = len(links) + 1
+            kind = source["outputs"][value[1]]["type"]
+            links.append([link_id, int(value[0]), value[1], int(node_id), slot, kind])
+            entry["link"] = link_id
+            source["outputs"][value[1]]["links"].append(link_id)
+    for ui in nodes:
+        for output in ui["outputs"]:
+            output["links"] = output["links"] or None
+    return {"last_node_id": max(int(n) for n in prompt), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}}, "version": 0.4}
+
+
+def ui_to_api(workflow: dict, classes: dict) -> dict:
+    """The API prompt the frontend would queue for a UI-format workflow (checks link types on the way)."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) in (2, 4):
+            continue
+        node_class = classes[node["type"]]
+        slots = widget_slots(node_class)
+        if len(node["widgets_values"]) != len(slots):
+            raise PromptError(f"node {node['id']} ({node['type']}): {len(node['widgets_values'])} widget values, "
+                              f"the node has {len(slots)}")
+        inputs = {name: value for (name, _), value in zip(slots, node["widgets_values"]) if name is not None}
+        specs = input_specs(node_class)
+        for entry in node["inputs"]:
+            if entry["name"] not in specs:
+                raise PromptError(f"node {node['id']} ({node['type']}): unknown input {entry['name']!r}")
+            if entry["link"] is None:
+                continue
+            link = links[entry["link"]]
+            kind = specs[entry["name"]][0]
+            expected = "COMBO" if isinstance(kind, list) else kind
+            if link[3] != node["id"] or node["inputs"][link[4]] is not entry or link[5] not in (expected, "*"):
+                raise PromptError(f"link {link} does not match input {entry['name']!r} ({expected}) of node {node['id']}")
+            inputs[entry["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+        if node.get("title"):
+            prompt[str(node["id"])]["_meta"] = {"title": node["title"]}
+    return prompt
