@@ -78,14 +78,16 @@ def _module_bytes(modules) -> int:
 
 @contextlib.contextmanager
 def on_execution_device(pipe):
-    """Run a ``CoCoCoPipeline`` on ComfyUI's device, then put it back on the offload device.
+    """Run a pipeline (CoCoCo or LGVI) on ComfyUI's device, then put it back on the offload device.
 
     ComfyUI first evicts its own models to make room; afterwards the pipeline leaves the accelerator
-    (unless ComfyUI keeps models there, e.g. --highvram), so other nodes get the memory back.
+    (unless ComfyUI keeps models there, e.g. --highvram), so other nodes get the memory back. A CoCoCo
+    pipeline loaded with ``offload`` moves its text encoder and VAE by itself.
     """
     device, offload = comfy.torch_device(), comfy.offload_device()
-    resident = [pipe.unet] if pipe.offload else [pipe.unet, pipe.vae, pipe.text_encoder]
-    comfy.free_memory(_module_bytes([pipe.unet, pipe.vae, pipe.text_encoder]), device)
+    modules = [getattr(pipe, name, None) for name in ("unet", "vae", "text_encoder")]
+    resident = modules[:1] if getattr(pipe, "offload", False) else modules
+    comfy.free_memory(_module_bytes(modules), device)
     _place(pipe, device, resident)
     try:
         yield pipe
@@ -96,7 +98,8 @@ def on_execution_device(pipe):
 
 
 def _place(pipe, device: torch.device, modules) -> None:
-    pipe.device = torch.device(device)
+    if not isinstance(getattr(type(pipe), "device", None), property):  # LGVI derives it from its U-Net
+        pipe.device = torch.device(device)
     for module in modules:
         if module is not None:
             module.to(device)

@@ -45,12 +45,13 @@ def test_node_contract(node_id):
     declared = cls.INPUT_TYPES()
     assert set(declared) <= {"required", "optional", "hidden"}
     arguments = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in arguments.values())
     for category in ("required", "optional"):
         for name, spec in declared.get(category, {}).items():
             kind, options = spec[0], spec[1]
             assert options.get("tooltip"), f"{name}: no tooltip"
-            assert name in arguments, f"{name} is not an argument of {cls.FUNCTION}"
-            if category == "optional":
+            assert name in arguments or takes_any, f"{name} is not an argument of {cls.FUNCTION}"
+            if category == "optional" and name in arguments:
                 assert arguments[name].default is not inspect.Parameter.empty, f"optional {name} needs a default"
             if isinstance(kind, list):
                 assert all(isinstance(item, str) for item in kind)
@@ -64,7 +65,8 @@ def test_node_contract(node_id):
                 assert all(isinstance(options[k], number) for k in ("min", "max", "default")), name
             if kind in WIDGETS:
                 assert "default" in options, f"{name}: widget without a default"
-    required = [n for n, p in arguments.items() if n != "self" and p.default is inspect.Parameter.empty]
+    required = [n for n, p in arguments.items() if n != "self" and p.default is inspect.Parameter.empty
+                and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
     assert set(required) <= set(declared.get("required", {})) | set(declared.get("hidden", {}))
     if hasattr(cls, "VALIDATE_INPUTS"):
         names = inspect.getfullargspec(cls.VALIDATE_INPUTS).args[1:]
