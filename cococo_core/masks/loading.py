@@ -1,0 +1,209 @@
+"""Load GroundingDINO (detector) and Segment Anything (segmenter) from either layout.
+
+* a Hugging Face folder: ``config.json`` + ``model.safetensors`` (+ tokenizer files for GroundingDINO), loaded with
+  ``from_pretrained(local_files_only=True)``;
+* an ORIGINAL checkpoint file (``sam_vit_h_4b8939.pth``, ``groundingdino_swint_ogc.pth``, or the same tensors in a
+  ``.safetensors``), converted in memory by :mod:`.convert_sam` / :mod:`.convert_dino`. GroundingDINO also needs
+  a BERT tokenizer folder (``vocab.txt`` [+ ``config.json``], e.g. ``bert-base-uncased``) and reads its
+  ``GroundingDINO_*.py`` config file when one lies next to the checkpoint (parsed, never executed).
+
+Pickles are read only with ``torch.load(weights_only=True)``; the one non-tensor type allowed in is
+``argparse.Namespace`` (some GroundingDINO releases store their training arguments), which only holds attributes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import convert_dino, convert_sam
+
+log = logging.getLogger(__name__)
+
+BERT_FOLDER_NAMES = ("bert-base-uncased", "bert_base_uncased", "bert")
+
+
+@dataclass
+class Detector:
+    """A GroundingDINO model, its BERT tokenizer, and where they came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    variant: str
+    source: str
+
+
+@dataclass
+class Segmenter:
+    """A SAM model and where it came from."""
+
+    model: torch.nn.Module
+    variant: str
+    source: str
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file; unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` and a ``module.`` prefix."""
+    from ..checkpoints.safe_load import CheckpointError, load_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        return load_state_dict(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused to load this pickle: it holds Python objects other than weights ({str(error).splitlines()[0]}). "
+            "Use a .safetensors copy of the model."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path}: cannot read this checkpoint, it is truncated or corrupt ({error})") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of named tensors")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: contains no tensors; it is not a model checkpoint")
+    return convert_dino.strip_module_prefix(tensors)
+
+
+def _hf_model_type(folder: Path) -> str | None:
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, OSError):
+        return None
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str,
+               unused: tuple[str, ...] = ()) -> None:
+    """load_state_dict that fails loudly: every model tensor must come from the file and every file tensor be used.
+
+    ``unused``: model tensors the forward pass never reads (they keep their initial values).
+    """
+    expected = {key for key in model.state_dict() if not key.startswith(unused)}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        import transformers
+
+        raise ValueError(
+            f"{path}: the {what} tensors do not match transformers {transformers.__version__}'s model: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    model.load_state_dict(state, strict=not unused)
+
+
+def _finish(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+# -- Segment Anything -------------------------------------------------------------------------------------------
+
+def load_segmenter(path: str | os.PathLike, *, device="cpu", dtype=torch.float32) -> Segmenter:
+    """SAM from a Hugging Face folder or an original ``sam_vit_*.pth`` (ViT-B/L/H inferred from shapes)."""
+    from transformers import SamModel
+
+    path = Path(path)
+    if path.is_dir():
+        if _hf_model_type(path) != "sam":
+            raise ValueError(f"{path}: not a Hugging Face SAM folder (config.json with model_type 'sam' expected)")
+        model = SamModel.from_pretrained(str(path), local_files_only=True)
+        return Segmenter(_finish(model, device, dtype), convert_sam.sam_variant(model.config), str(path))
+    state = read_checkpoint(path)
+    if not convert_sam.is_original_sam(state):
+        raise ValueError(
+            f"{path}: not a Segment Anything checkpoint (no image_encoder.*/mask_decoder.* tensors); "
+            "SAM 2, MobileSAM and EfficientSAM files are not supported"
+        )
+    config = convert_sam.sam_config_from_state_dict(state)
+    model = SamModel(config)
+    _load_into(model, convert_sam.convert_sam_state_dict(state), path, "SAM")
+    return Segmenter(_finish(model, device, dtype), convert_sam.sam_variant(config), str(path))
+
+
+# -- GroundingDINO ----------------------------------------------------------------------------------------------
+
+def find_bert_folder(checkpoint: Path) -> Path | None:
+    """A BERT tokenizer folder next to the checkpoint or one level up (ComfyUI: ``models/bert-base-uncased``)."""
+    for base in (checkpoint.parent, checkpoint.parent.parent):
+        for name in BERT_FOLDER_NAMES:
+            candidate = base / name
+            if (candidate / "vocab.txt").is_file() or (candidate / "tokenizer.json").is_file():
+                return candidate
+    return None
+
+
+def find_original_config(checkpoint: Path) -> Path | None:
+    """The original ``GroundingDINO_SwinT_OGC.py`` / ``*.cfg.py`` file next to the checkpoint, if any."""
+    candidates = sorted(checkpoint.parent.glob("GroundingDINO*.py"))
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer, BertTokenizer
+
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return BertTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def _bert_config(folder: Path):
+    from transformers import BertConfig
+
+    config = folder / "config.json"
+    return BertConfig.from_json_file(str(config)) if config.is_file() else None
+
+
+def load_detector(path: str | os.PathLike, *, bert: str | os.PathLike | None = None,
+                  config: str | os.PathLike | None = None, device="cpu", dtype=torch.float32) -> Detector:
+    """GroundingDINO from a Hugging Face folder, or an original checkpoint + a BERT tokenizer folder.
+
+    ``bert``: folder with ``vocab.txt`` (+ ``config.json``); searched next to the checkpoint when omitted.
+    ``config``: the original ``GroundingDINO_*.py`` file (head counts); searched next to the checkpoint.
+    """
+    from transformers import AutoTokenizer, GroundingDinoForObjectDetection
+
+    path = Path(path)
+    if path.is_dir():
+        if _hf_model_type(path) != "grounding-dino":
+            raise ValueError(f"{path}: not a Hugging Face GroundingDINO folder (config.json with model_type "
+                             "'grounding-dino' expected)")
+        model = GroundingDinoForObjectDetection.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(bert or path), local_files_only=True)
+        return Detector(_finish(model, device, dtype), tokenizer, convert_dino.grounding_dino_variant(model.config),
+                        str(path))
+    state = read_checkpoint(path)
+    if not convert_dino.is_original_grounding_dino(state):
+        raise ValueError(f"{path}: not an original GroundingDINO checkpoint (no backbone.0.*/transformer.* tensors)")
+    bert_folder = Path(bert) if bert else find_bert_folder(path)
+    if bert_folder is None or not bert_folder.is_dir():
+        raise FileNotFoundError(
+            f"{path}: an original GroundingDINO checkpoint needs a BERT tokenizer folder (vocab.txt, config.json of "
+            f"bert-base-uncased); none given and none found next to it ({', '.join(BERT_FOLDER_NAMES)})"
+        )
+    config_file = Path(config) if config else find_original_config(path)
+    original = convert_dino.read_original_config(config_file) if config_file else {}
+    if config_file:
+        log.info("GroundingDINO: using the original config %s", config_file)
+    hf_config = convert_dino.grounding_dino_config_from_state_dict(state, original, _bert_config(bert_folder))
+    model = GroundingDinoForObjectDetection(hf_config)
+    _load_into(model, convert_dino.convert_grounding_dino_state_dict(state), path, "GroundingDINO",
+               unused=convert_dino.UNUSED_TARGETS)
+    tokenizer = _load_tokenizer(bert_folder)
+    return Detector(_finish(model, device, dtype), tokenizer, convert_dino.grounding_dino_variant(hf_config), str(path))
