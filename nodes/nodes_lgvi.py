@@ -1,21 +1,22 @@
 """LGVI / LGVI-I language-driven video object removal nodes (thin adapters over ``cococo_core.lgvi``)."""
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from . import comfy_adapter as comfy
-from .common import (CATEGORY, LGVI_PIPE, check_model, frames_in, frames_out, mask_out, model_input,
+from .common import (CATEGORY, LGVI_PIPE, LGVII_PIPE, check_model, frames_in, frames_out, mask_out, model_input,
                      on_execution_device, seed_input, text_input)
 
 logger = logging.getLogger(__name__)
 
 
-def load_lgvi(lgvi_model: str, precision: str, text_encoder: bool):
+def load_lgvi_path(path: Path, dtype: torch.dtype, text_encoder: bool):
     """A cached ``LGVIPipeline`` on the offload device (it visits the GPU only while removing)."""
-    path = comfy.resolve_model("lgvi", lgvi_model)
-    dtype = comfy.model_dtype(precision, comfy.torch_device())
     key = (comfy.file_signature(path), str(dtype), text_encoder)
 
     def load():
@@ -24,6 +25,11 @@ def load_lgvi(lgvi_model: str, precision: str, text_encoder: bool):
         return LGVIPipeline.from_pretrained(path, device=comfy.offload_device(), dtype=dtype, text_encoder=text_encoder)
 
     return comfy.MODEL_CACHE.get_or_load("lgvi_pipe", key, load)
+
+
+def load_lgvi(lgvi_model: str, precision: str, text_encoder: bool):
+    path = comfy.resolve_model("lgvi", lgvi_model)
+    return load_lgvi_path(path, comfy.model_dtype(precision, comfy.torch_device()), text_encoder)
 
 
 def sampling_inputs() -> dict:
@@ -120,5 +126,121 @@ class CoCoCoLGVIRemove:
         return run_removal(lgvi_pipe, images, text=expression, **sampling)
 
 
-NODE_CLASS_MAPPINGS = {"CoCoCoLGVILoader": CoCoCoLGVILoader, "CoCoCoLGVIRemove": CoCoCoLGVIRemove}
-NODE_DISPLAY_NAME_MAPPINGS = {"CoCoCoLGVILoader": "LGVI Loader", "CoCoCoLGVIRemove": "LGVI Referring Removal"}
+NO_CLIP = "(inside the LLaVA folder)"
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+@dataclass(frozen=True)
+class LGVIIModels:
+    """LGVI-I model files, loaded by the chat node in stages: LLaVA answers and is freed, then the
+    (cached) LGVI-I diffusion model removes, so peak memory is the larger of the two, not their sum."""
+
+    lgvi_path: Path
+    llava_path: Path
+    clip_path: Path | None
+    precision: str
+    quantization: str | None
+
+
+class CoCoCoLGVIILoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        folders = comfy.list_models("lgvi")
+        return {
+            "required": {
+                "lgvi_i_model": model_input("lgvi", "LGVI-I checkpoint folder (jianzongwu/lgvi-i: unet/, vae/, "
+                                            "scheduler/ and llava/llava_weights.pth)."),
+                "llava_model": (folders, {"tooltip": "LLaVA-1.5-7B folder: llava-hf/llava-1.5-7b-hf, or the original "
+                                "liuhaotian/llava-v1.5-7b (then also give the CLIP vision folder). Looked up in "
+                                "models/lgvi/."}),
+                "clip_vision_model": ([NO_CLIP] + folders, {"default": NO_CLIP, "tooltip": "CLIP ViT-L/14-336 folder "
+                                      "(openai/clip-vit-large-patch14-336), needed only for the original LLaVA layout."}),
+                "precision": (list(comfy.PRECISIONS), {"default": "auto", "tooltip": "Weight and compute dtype. auto: "
+                              "ComfyUI's choice (fp16 on capable GPUs, fp32 on CPU and MPS)."}),
+                "quantization": (list(QUANTIZATIONS), {"default": "none", "tooltip": "Load LLaVA in 8 or 4 bits "
+                                 "(needs bitsandbytes and a CUDA GPU; llava-hf folders only)."}),
+            }
+        }
+
+    RETURN_TYPES = (LGVII_PIPE,)
+    RETURN_NAMES = ("lgvi_i",)
+    OUTPUT_TOOLTIPS = ("The LGVI-I model files; the chat node loads LLaVA and the diffusion model in turn.",)
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/loaders"
+    DESCRIPTION = ("Selects LGVI-I (interactive LGVI): an LGVI-I diffusion checkpoint and LLaVA-1.5. Nothing heavy "
+                   "is loaded here; the chat node loads LLaVA, answers, frees it, then removes.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lgvi_i_model, llava_model, clip_vision_model):
+        checks = [check_model("lgvi", lgvi_i_model), check_model("lgvi", llava_model)]
+        if clip_vision_model != NO_CLIP:
+            checks.append(check_model("lgvi", clip_vision_model))
+        return next((result for result in checks if result is not True), True)
+
+    def load(self, lgvi_i_model, llava_model, clip_vision_model, precision, quantization):
+        comfy.model_dtype(precision, comfy.torch_device())  # reject a bad value now
+        clip = None if clip_vision_model == NO_CLIP else comfy.resolve_model("lgvi", clip_vision_model)
+        return (LGVIIModels(comfy.resolve_model("lgvi", lgvi_i_model), comfy.resolve_model("lgvi", llava_model), clip,
+                            precision, None if quantization == "none" else quantization),)
+
+
+class CoCoCoLGVIChat:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "lgvi_i": (LGVII_PIPE, {"tooltip": "The model files from LGVI-I Loader."}),
+                "images": ("IMAGE", {"tooltip": "The video frames; LLaVA sees the first one."}),
+                "request": text_input("Your request in plain words; LGVI-I decides what to remove.",
+                                      "There is a bird on the left that distracts from the view. Can you remove it?"),
+                "temperature": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
+                                "LLaVA sampling temperature (official: 0.2; 0 = greedy)."}),
+                "max_new_tokens": ("INT", {"default": 1024, "min": 1, "max": 4096, "tooltip": "Longest reply LLaVA "
+                                   "may write."}),
+                **sampling_inputs(),
+            }
+        }
+
+    RETURN_TYPES = ("STRING", "STRING", "IMAGE", "MASK")
+    RETURN_NAMES = ("reply", "removal_phrase", "images", "mask")
+    OUTPUT_TOOLTIPS = ("LLaVA's answer to the request.", "The removal phrase inside the reply's {{prompt}} marker "
+                       "(empty if the reply has none).", "The frames with the object removed.",
+                       "The predicted mask of the removed object (1 = removed).")
+    FUNCTION = "chat"
+    CATEGORY = f"{CATEGORY}/LGVI"
+    DESCRIPTION = ("LGVI-I interactive removal: LLaVA-1.5 reads the request and the first frame, answers, and its "
+                   "answer conditions the LGVI-I diffusion model that removes the object and predicts its mask.")
+
+    def chat(self, lgvi_i, images, request, temperature, max_new_tokens, **sampling):
+        from cococo_core.lgvi import remove_with_chat
+
+        if not request.strip():
+            raise ValueError("the request is empty; ask for what to remove, e.g. 'please remove the dog'")
+        device = comfy.torch_device()
+        dtype = comfy.model_dtype(lgvi_i.precision, device)
+        frames = frames_in(images)
+        size = None
+        if sampling["width"] or sampling["height"]:
+            size = (sampling["width"] or frames.shape[2], sampling["height"] or frames.shape[1])
+        cancel = comfy.interrupt_check()
+        with contextlib.ExitStack() as stack:
+            def diffusion_model(path, **_):  # after the chat model is freed: the cached pipeline, on the device
+                pipe = load_lgvi_path(Path(path), dtype, text_encoder=False)
+                return stack.enter_context(on_execution_device(pipe))
+
+            result = remove_with_chat(
+                frames, request, lgvi_path=lgvi_i.lgvi_path, llava_path=lgvi_i.llava_path, clip_path=lgvi_i.clip_path,
+                device=device, dtype=dtype, quantization=lgvi_i.quantization, seed=sampling["seed"],
+                temperature=temperature, max_new_tokens=max_new_tokens, pipeline_loader=diffusion_model,
+                num_inference_steps=sampling["steps"], guidance_scale=sampling["text_cfg"],
+                image_guidance_scale=sampling["image_cfg"], size=size, window_length=sampling["window_length"],
+                window_overlap=sampling["window_overlap"], callback=comfy.Progress("LGVI-I"), cancel=cancel,
+            )
+        mask = result.mask if result.mask is not None else torch.zeros(result.frames.shape[:3])
+        return result.reply, result.phrase or "", frames_out(result.frames), mask_out(mask)
+
+
+NODE_CLASS_MAPPINGS = {"CoCoCoLGVILoader": CoCoCoLGVILoader, "CoCoCoLGVIRemove": CoCoCoLGVIRemove,
+                       "CoCoCoLGVIILoader": CoCoCoLGVIILoader, "CoCoCoLGVIChat": CoCoCoLGVIChat}
+NODE_DISPLAY_NAME_MAPPINGS = {"CoCoCoLGVILoader": "LGVI Loader", "CoCoCoLGVIRemove": "LGVI Referring Removal",
+                              "CoCoCoLGVIILoader": "LGVI-I Loader", "CoCoCoLGVIChat": "LGVI-I Chat Removal"}
