@@ -1,0 +1,294 @@
+"""The task-vector merge of CoCoCo (AAAI 2025, §3.4): θ = θ_base + α·τ_ip + β·τ_p.
+
+θ_base = SD-1.5 with ``conv_in`` zero-padded to the inpainting model's 9 input channels,
+τ_ip = θ_SD-inpainting − θ_base, τ_p = (θ_personal − θ_SD1.5) + Σ_j s_j·Δ_LoRA_j. Per weight, in
+float32 and cast once to the output dtype (checkpoint-formats.md §3.5, §4):
+
+* out = lerp(θ_base, θ_inpaint, α) + β_c · pad(τ_p), β_c the component's β;
+* ``conv_in`` channels 0-3 take α·τ_ip + β·τ_p, channels 4-8 (mask, masked-image latent) only α·τ_ip;
+* α = 0 returns θ_base and α = 1 returns θ_inpaint exactly (no round trip through a difference),
+  and β = 0 adds nothing, so those anchors are bit-exact;
+* non-float tensors are copied from the inpainting model; motion-module keys are never changed.
+
+A :class:`MergePlan` opens the inputs, checks everything that can be checked without reading
+weights (model family, shapes, LoRA names and shapes) and then computes one weight at a time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..checkpoints import ldm_keys
+from . import family
+from .lora_names import LoraTargets
+from .loras import LoraSpec, LoraStack
+from .report import MergeReport
+from .sources import COMPONENTS, ModelSource, open_model
+
+F32 = torch.float32
+CONV_IN = "conv_in.weight"
+MERGED_COMPONENTS = ("unet", "text_encoder", "vae")
+
+
+@dataclass
+class MergeRecipe:
+    """Inputs of a merge. Models are paths (single file or diffusers folder), ``{component: module or
+    state dict}`` mappings or :class:`ModelSource` s; LoRAs are :class:`LoraSpec` s or ``"FILE[:STRENGTH]"``.
+
+    ``base`` (SD-1.5, 4-channel) is needed when ``alpha != 1`` or a ``personal`` checkpoint is given.
+    ``beta_unet`` / ``beta_text`` / ``beta_vae`` override ``beta`` per component. ``use_ema`` reads the
+    personalized file's ``model_ema.*`` U-Net copy when it has one.
+    """
+
+    inpaint: object
+    base: object = None
+    personal: object = None
+    loras: Sequence[Union[LoraSpec, str]] = ()
+    alpha: float = 1.0
+    beta: float = 1.0
+    beta_unet: Optional[float] = None
+    beta_text: Optional[float] = None
+    beta_vae: Optional[float] = None
+    use_ema: bool = False
+    components: Sequence[str] = MERGED_COMPONENTS
+
+    def betas(self) -> Dict[str, float]:
+        chosen = {"unet": self.beta_unet, "text_encoder": self.beta_text, "vae": self.beta_vae}
+        return {c: float(self.beta if chosen[c] is None else chosen[c]) for c in self.components}
+
+    def lora_specs(self) -> List[LoraSpec]:
+        return [spec if isinstance(spec, LoraSpec) else LoraSpec.parse(str(spec)) for spec in self.loras]
+
+
+def _is_motion(key: str) -> bool:
+    return "motion_modules" in key or "temporal_transformer" in key
+
+
+def _pad(tensor: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad ``tensor`` along dim 1 to ``shape`` (SD-1.5 conv_in 4 -> 9 input channels)."""
+    if tuple(tensor.shape) == tuple(shape):
+        return tensor
+    out = torch.zeros(shape, dtype=tensor.dtype)
+    out[:, : tensor.shape[1]] = tensor
+    return out
+
+
+def _paddable(small: Tuple[int, ...], big: Tuple[int, ...]) -> bool:
+    return (len(small) == len(big) >= 2 and small[0] == big[0] and small[2:] == big[2:] and small[1] < big[1])
+
+
+class MergePlan:
+    """Checked merge of one recipe; :meth:`compute` returns one merged weight at a time."""
+
+    def __init__(self, recipe: MergeRecipe, *, dtype: Optional[torch.dtype] = None):
+        for name, value in (("alpha", recipe.alpha), *recipe.betas().items()):
+            if not math.isfinite(float(value)):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        unknown = [c for c in recipe.components if c not in COMPONENTS]
+        if unknown:
+            raise ValueError(f"unknown component(s) {', '.join(unknown)}; expected some of {', '.join(COMPONENTS)}")
+        self.recipe, self.dtype = recipe, dtype
+        self.alpha = float(recipe.alpha)
+        self.betas = recipe.betas()
+        self._opened: List[ModelSource] = []
+        try:
+            self._open_and_check(recipe)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ set-up
+    def _open(self, source, role: str, **kwargs) -> Optional[ModelSource]:
+        if source is None:
+            return None
+        model = open_model(source, **kwargs)
+        if model is not source:
+            self._opened.append(model)
+        return model
+
+    def _open_and_check(self, recipe: MergeRecipe) -> None:
+        self.inpaint = self._open(recipe.inpaint, "inpaint")
+        self.base = self._open(recipe.base, "base")
+        self.personal = self._open(recipe.personal, "personal", use_ema=recipe.use_ema)
+        specs = recipe.lora_specs()
+        self.report = MergeReport(self.alpha, dict(self.betas))
+        if self.inpaint is None or self.inpaint.get("unet") is None:
+            raise ValueError("the SD-1.5 inpainting model (with a U-Net) is required")
+        if self.alpha != 1.0 and self.base is None:
+            raise ValueError(f"alpha={self.alpha:g} needs the SD-1.5 base model (tau_ip = inpaint - SD1.5); give base")
+        if self.personal is not None and self.base is None:
+            raise ValueError("a personalized checkpoint needs the SD-1.5 base model (tau_p = personal - SD1.5); give base")
+        family.require_sd1(self.inpaint, "inpainting model")
+        width = family.cross_attention_width(self.inpaint)
+        for model, role in ((self.base, "base model"), (self.personal, "personalized model")):
+            if model is not None:
+                family.require_sd1(model, role, width)
+        for model, label in ((self.inpaint, "inpaint"), (self.base, "base"), (self.personal, "personal")):
+            if model is not None:
+                for key, reason in model.ignored.items():
+                    self.report.add_unused(f"{label} {model.name}", key, reason)
+        if self.personal is not None and self.personal.kind == "single-file" and any(
+                k.startswith(ldm_keys.EMA_PREFIX) for k in self.personal.file_keys):
+            self.report.notes.append("personalized file has EMA weights; using the " +
+                                     ("EMA" if recipe.use_ema else "non-EMA") + " U-Net")
+        self.keys: Dict[str, List[str]] = {}
+        self._tau_shapes: Dict[Tuple[str, str], Tuple[int, ...]] = {}
+        for component in recipe.components:
+            self._plan_component(component)
+        self.loras = LoraStack.build(specs, self._lora_targets(), self._tau_shape, context_width=width,
+                                     components=tuple(c for c in self.keys if c != "vae"))
+        for label, unused in self.loras.unused.items():
+            for key, reason in unused.items():
+                self.report.add_unused(f"LoRA {label}", key, reason)
+        self.report.lora_modules = dict(self.loras.applied)
+        for (component, key) in self.loras.entries:
+            if component in self.report.components:
+                self.report.counts(component).lora += 1
+
+    def _plan_component(self, component: str) -> None:
+        inp = self.inpaint.get(component)
+        if inp is None:
+            self.report.notes.append(f"the inpainting model has no {component}; it is not merged")
+            return
+        base = self.base.get(component) if self.base else None
+        pers = self.personal.get(component) if self.personal else None
+        if self.personal is not None and pers is None:
+            what = "the inpainting model's VAE is kept" if component == "vae" else f"no personal delta on the {component}"
+            self.report.notes.append(f"personalized model has no {component}; {what}")
+        counts = self.report.counts(component)
+        keys = inp.keys()
+        self.keys[component] = keys
+        latent = inp.shape("conv_out.weight")[0] if component == "unet" and "conv_out.weight" in inp else 4
+        bad: List[str] = []
+        for key in keys:
+            shape = inp.shape(key)
+            counts.weights += 1
+            if _is_motion(key):
+                counts.kept += 1
+                continue
+            tau = shape
+            if base is not None and key in base:
+                tau = base.shape(key)
+                if tau != shape and not _paddable(tau, shape):
+                    bad.append(f"{component}:{key} base {tau} vs inpaint {shape}")
+                    continue
+            elif component == "unet" and key == CONV_IN and len(shape) == 4:
+                tau = (shape[0], latent, *shape[2:])
+            if not inp.dtype(key).is_floating_point or (base is not None and key not in base):
+                counts.kept += 1
+            self._tau_shapes[(component, key)] = tau
+            if tau != shape:
+                counts.padded.append(key)
+            if pers is not None and key in pers:
+                found = pers.shape(key)
+                if found != tau:
+                    if key == CONV_IN and found == shape:
+                        raise ValueError(
+                            f"personalized model {self.personal.name}: its conv_in has {found[1]} input channels, so it "
+                            "is an inpainting model; tau_p must come from a text-to-image SD-1.5 checkpoint "
+                            f"({tau[1]} channels). Give that file as --inpaint instead, or use its text-to-image original")
+                    bad.append(f"{component}:{key} personal {found} vs SD-1.5 {tau}")
+                elif inp.dtype(key).is_floating_point:
+                    counts.personal += 1
+        if bad:
+            raise ValueError(f"{len(bad)} weights have shapes that cannot be merged (not SD-1.x models of one kind?): "
+                             + "; ".join(bad[:5]))
+        for model, source, label in ((self.base, base, "base"), (self.personal, pers, "personal")):
+            if source is None:
+                continue
+            inp_keys = set(keys)
+            for key in source.keys():
+                if key not in inp_keys:
+                    self.report.add_unused(f"{label} {model.name}", f"{component}:{key}",
+                                           "the inpainting model has no such weight")
+
+    def _lora_targets(self) -> LoraTargets:
+        aliases: Dict[str, Dict[str, List[str]]] = {}
+        unet = self.inpaint.get("unet")
+        unet_map = ldm_keys.UNetKeyMap.from_diffusers_keys(unet.keys())
+        for component, keys in self.keys.items():
+            if component == "vae":
+                continue
+            table = aliases.setdefault(component, {})
+            for key in keys:
+                others = []
+                if component == "unet":
+                    try:
+                        others.append(unet_map.to_ldm(key))
+                    except ldm_keys.UnknownKeyError:
+                        pass
+                table[key] = others
+        return LoraTargets(aliases)
+
+    def _tau_shape(self, component: str, key: str) -> Optional[Tuple[int, ...]]:
+        return self._tau_shapes.get((component, key))
+
+    # ------------------------------------------------------------------ merging
+    def items(self) -> Iterator[Tuple[str, str]]:
+        """Every ``(component, key)`` of the output, in the inpainting model's order."""
+        for component, keys in self.keys.items():
+            for key in keys:
+                yield component, key
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self.keys.values())
+
+    def shape(self, component: str, key: str) -> Tuple[int, ...]:
+        return tuple(self.inpaint.get(component).shape(key))
+
+    def out_dtype(self, component: str, key: str) -> torch.dtype:
+        found = self.inpaint.get(component).dtype(key)
+        return self.dtype if (self.dtype is not None and found.is_floating_point) else found
+
+    def compute(self, component: str, key: str) -> torch.Tensor:
+        """The merged weight (in :meth:`out_dtype`); may be the inpainting model's own tensor when unchanged."""
+        inp = self.inpaint.get(component).get(key)
+        tau_shape = self._tau_shapes.get((component, key))
+        if tau_shape is None or not inp.is_floating_point():
+            return inp.to(self.out_dtype(component, key))
+        base_src = self.base.get(component) if self.base else None
+        base = base_src.get(key).to(F32) if base_src is not None and key in base_src else None
+        if base is None or self.alpha == 1.0:
+            out = inp.to(F32)
+        elif self.alpha == 0.0:
+            out = _pad(base, inp.shape)
+        else:
+            padded = _pad(base, inp.shape)
+            out = padded + self.alpha * (inp.to(F32) - padded)
+        beta = self.betas[component]
+        if beta != 0.0:
+            tau = self._tau(component, key, tau_shape, base, inp)
+            if tau is not None:
+                out = out + beta * _pad(tau, inp.shape)
+        return out.to(self.out_dtype(component, key))
+
+    def _tau(self, component, key, shape, base, inp) -> Optional[torch.Tensor]:
+        pers_src = self.personal.get(component) if self.personal else None
+        pers = pers_src.get(key).to(F32) if pers_src is not None and key in pers_src else None
+        tau = pers - base if (pers is not None and base is not None) else None
+
+        def reference() -> torch.Tensor:
+            if pers is not None:
+                return pers
+            if base is not None:
+                return base
+            return inp.to(F32)[:, : shape[1]] if tuple(inp.shape) != tuple(shape) else inp.to(F32)
+
+        delta = self.loras.delta(component, key, shape, reference)
+        if delta is not None:
+            tau = delta if tau is None else tau + delta
+        return tau
+
+    def close(self) -> None:
+        for model in self._opened:
+            model.close()
+        self._opened.clear()
+
+    def __enter__(self) -> "MergePlan":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
