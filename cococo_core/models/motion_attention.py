@@ -1,0 +1,131 @@
+"""The three attention types of the CoCoCo motion block (spec §1.3-§1.4; paper "Better Motion Module Design").
+
+Every block sees the LayerNorm output ``n`` as (B·F, H·W, C) tokens, row-major over (H, W), and returns a
+tensor of the same shape that the block adds to its residual. All use 8 heads of width C/8, ``to_q/to_k/to_v``
+without bias and ``to_out.0`` with bias (diffusers-0.11.1 ``CrossAttention`` names, so the official state-dict
+keys load as they are), and run through :func:`cococo_core.attention.attention`.
+
+* :class:`TemporalSelfAttention` ("Temporal_Self"): per spatial location, attention over the F frames, with the
+  frame-index sinusoidal encoding added to q, k and v's input.
+* :class:`DampedGlobalAttention` ("Temporal_Light_down_resize", paper Eq. 2): nearest-resize each frame to
+  ``dga_grid(H, W)``, attend over all F·h'·w' tokens of one video with a 1-D encoding of the flattened
+  (frame, row, col) position, nearest-resize back.
+* :class:`TemporalTextCrossAttention` ("Temporal_Text_Cross"): every (frame, location) token, with the frame
+  encoding on the query only, attends to the video's text tokens. The official code repeats the text once per
+  location; K and V are computed once per video here, which gives the same numbers.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import attention, merge_heads, split_heads
+from .position import position_encoding
+
+HEADS = 8
+DGA_HEIGHT = 12
+
+
+class VideoGeometry(NamedTuple):
+    """What a motion block needs to know about the (B·F, H·W, C) tokens it gets."""
+
+    frames: int
+    height: int
+    width: int
+
+
+def dga_grid(height: int, width: int) -> tuple[int, int]:
+    """The grid damped global attention works on for a (height, width) latent level.
+
+    Official rule (``motion_module.py:614-618``): only when the *height* exceeds 12, resize to
+    ``(12, int(12 / H * W))`` computed in Python floats (float64, truncated): 64x64 -> 12x12, 45x80 -> 12x21,
+    96x64 -> 12x8, 12x20 and 8x8 unchanged. Where the official width would truncate to 0 (W < H/12, where the
+    official code crashes) one column is used.
+    """
+    if height <= DGA_HEIGHT:
+        return height, width
+    return DGA_HEIGHT, max(1, int(DGA_HEIGHT / height * width))
+
+
+class _MotionAttention(nn.Module):
+    """Projections shared by the three types; ``context_dim`` is the width K/V are projected from."""
+
+    def __init__(self, dim: int, context_dim: int | None = None):
+        super().__init__()
+        if dim % HEADS:
+            raise ValueError(f"motion attention needs channels divisible by {HEADS} heads, got {dim}")
+        context_dim = context_dim or dim
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+
+    def _attend(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Multi-head softmax attention of (N, Lq, C) query inputs over (N, Lk, C') context, then ``to_out``."""
+        q = split_heads(self.to_q(queries), HEADS)
+        k = split_heads(self.to_k(context), HEADS)
+        v = split_heads(self.to_v(context), HEADS)
+        out = merge_heads(attention(q, k, v))
+        return self.to_out[1](self.to_out[0](out))
+
+
+def _with_encoding(tokens: torch.Tensor, position_axis: int) -> torch.Tensor:
+    """``tokens + pe[position]`` with the position running along ``position_axis`` (channels last)."""
+    length, dim = tokens.shape[position_axis], tokens.shape[-1]
+    table = position_encoding(length, dim, device=tokens.device, dtype=tokens.dtype)
+    shape = [1] * tokens.dim()
+    shape[position_axis], shape[-1] = length, dim
+    return tokens + table.view(shape)
+
+
+class TemporalSelfAttention(_MotionAttention):
+    """Attention over the frames of each spatial location; PE[0:F] added to the input of q, k and v."""
+
+    def forward(self, hidden: torch.Tensor, geometry: VideoGeometry, text: torch.Tensor | None = None) -> torch.Tensor:
+        frames_batch, tokens, dim = hidden.shape
+        batch = frames_batch // geometry.frames
+        # (b f) d c -> (b d) f c
+        seq = hidden.view(batch, geometry.frames, tokens, dim).transpose(1, 2).reshape(batch * tokens, geometry.frames, dim)
+        seq = _with_encoding(seq, 1)
+        out = self._attend(seq, seq)
+        return out.view(batch, tokens, geometry.frames, dim).transpose(1, 2).reshape(frames_batch, tokens, dim)
+
+
+class DampedGlobalAttention(_MotionAttention):
+    """Damped global attention (DGA): full spatio-temporal attention on a grid damped to height 12."""
+
+    def forward(self, hidden: torch.Tensor, geometry: VideoGeometry, text: torch.Tensor | None = None) -> torch.Tensor:
+        frames_batch, tokens, dim = hidden.shape
+        frames, height, width = geometry
+        batch = frames_batch // frames
+        grid = dga_grid(height, width)
+        resized = grid != (height, width)
+        planes = hidden.view(frames_batch, height, width, dim).permute(0, 3, 1, 2)
+        if resized:
+            planes = F.interpolate(planes, size=grid, mode="nearest")
+        # (b f) c h' w' -> b (f h' w') c, position = f*h'*w' + row*w' + col
+        seq = planes.permute(0, 2, 3, 1).reshape(batch, frames * grid[0] * grid[1], dim)
+        seq = _with_encoding(seq, 1)
+        out = self._attend(seq, seq)
+        planes = out.view(frames_batch, grid[0], grid[1], dim).permute(0, 3, 1, 2)
+        if resized:
+            planes = F.interpolate(planes, size=(height, width), mode="nearest")
+        return planes.permute(0, 2, 3, 1).reshape(frames_batch, tokens, dim)
+
+
+class TemporalTextCrossAttention(_MotionAttention):
+    """Each (frame, location) token, plus PE[frame] on the query only, attends to the video's text tokens."""
+
+    def forward(self, hidden: torch.Tensor, geometry: VideoGeometry, text: torch.Tensor | None = None) -> torch.Tensor:
+        if text is None:
+            raise ValueError("the motion module's text cross-attention needs encoder_hidden_states (the prompt)")
+        frames_batch, tokens, dim = hidden.shape
+        batch = frames_batch // geometry.frames
+        if text.shape[0] != batch:
+            raise ValueError(f"text batch {text.shape[0]} does not match the video batch {batch}")
+        queries = _with_encoding(hidden.view(batch, geometry.frames, tokens, dim), 1)
+        out = self._attend(queries.reshape(batch, geometry.frames * tokens, dim), text.to(hidden.dtype))
+        return out.view(frames_batch, tokens, dim)
