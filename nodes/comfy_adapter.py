@@ -263,6 +263,26 @@ def missing_tokenizer_message() -> str:
     )
 
 
+def output_directory() -> Path:
+    """ComfyUI's output folder; outside ComfyUI ``$COCOCO_OUTPUT_DIR`` or ``./output``."""
+    folder_paths = _folder_paths()
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path(os.environ.get("COCOCO_OUTPUT_DIR") or "output")
+
+
+def output_path(prefix: str, suffix: str) -> Path:
+    """A new file ``<output>/<prefix>_00001_<suffix>`` (next free counter); the prefix from a workflow
+    may name sub-folders of the output folder but not leave it."""
+    relative = _checked_relative_name(prefix)
+    folder = output_directory() / relative.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = 1
+    while (folder / f"{relative.name}_{counter:05}_{suffix}").exists():
+        counter += 1
+    return folder / f"{relative.name}_{counter:05}_{suffix}"
+
+
 # --- devices and memory --------------------------------------------------------------------------
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")

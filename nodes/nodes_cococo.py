@@ -1,6 +1,7 @@
 """CoCoCo model loader and video-inpainting sampler nodes (thin adapters over ``cococo_core.pipeline``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import comfy_adapter as comfy
@@ -8,6 +9,19 @@ from .common import (CATEGORY, COCOCO_PIPE, check_model, frames_in, frames_out, 
                      on_execution_device, seed_input, text_input)
 
 BASE_KEYS = ("checkpoints", "diffusers")
+
+
+@dataclass
+class CoCoCoModel:
+    """What travels as COCOCO_PIPE: the pipeline plus where it came from, so personalization can be
+    recomputed from the files and saved (``recipe`` is the task-vector merge applied, if any)."""
+
+    pipeline: object
+    base: Path
+    motion: Path
+    recipe: object = None
+    report: str = ""
+    lineage: tuple = field(default=())
 
 
 def base_model_names() -> list[str]:
@@ -36,7 +50,8 @@ def resolve_base(base_model: str) -> tuple[Path, Path | None]:
 
 
 def load_pipeline(base_model: str, motion_model: str, precision: str, offload: bool):
-    """A cached ``CoCoCoPipeline`` on the offload device (it visits the GPU only while sampling)."""
+    """A :class:`CoCoCoModel` around a cached ``CoCoCoPipeline`` on the offload device (it visits the GPU
+    only while sampling)."""
     base, tokenizer = resolve_base(base_model)
     motion = comfy.resolve_model("cococo", motion_model)
     dtype = comfy.model_dtype(precision, comfy.torch_device())
@@ -48,7 +63,8 @@ def load_pipeline(base_model: str, motion_model: str, precision: str, offload: b
         return CoCoCoPipeline.from_pretrained(str(base), str(motion), tokenizer=tokenizer and str(tokenizer),
                                               device=comfy.offload_device(), dtype=dtype, offload=offload)
 
-    return comfy.MODEL_CACHE.get_or_load("cococo_pipe", key, load)
+    pipeline = comfy.MODEL_CACHE.get_or_load("cococo_pipe", key, load)
+    return CoCoCoModel(pipeline, base, motion, lineage=key)
 
 
 class CoCoCoModelLoader:
@@ -136,7 +152,7 @@ class CoCoCoSampler:
 
     def sample(self, cococo_pipe, images, mask, prompt, negative_prompt, steps, cfg, seed, context_length,
                context_overlap, mask_dilate, paste_back, paste_dilate, paste_feather, width, height):
-        with on_execution_device(cococo_pipe) as pipe:
+        with on_execution_device(cococo_pipe.pipeline) as pipe:
             frames = pipe(
                 frames_in(images), mask_in(mask), prompt, negative_prompt, num_inference_steps=steps,
                 guidance_scale=cfg, seed=seed, width=width or None, height=height or None,

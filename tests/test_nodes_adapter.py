@@ -175,3 +175,14 @@ def test_file_signature_changes_with_content(tmp_path):
     weights.write_text("22")
     assert adapter.file_signature(weights) != file_sig
     assert adapter.file_signature(tmp_path / "m") != folder_sig
+
+
+def test_output_path_stays_in_output_folder(tmp_path):
+    with fake_comfyui(tmp_path):
+        first = adapter.output_path("checkpoints/merged", ".safetensors")
+        assert first == tmp_path / "output" / "checkpoints" / "merged_00001_.safetensors"
+        first.write_text("x")
+        assert adapter.output_path("checkpoints/merged", ".safetensors").name == "merged_00002_.safetensors"
+        for bad in ("../merged", "/tmp/merged"):
+            with pytest.raises(ValueError):
+                adapter.output_path(bad, ".safetensors")
