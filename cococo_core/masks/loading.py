@@ -38,6 +38,11 @@ class Detector:
     variant: str
     source: str
 
+    def __post_init__(self):
+        from .detect import set_special_tokens
+
+        set_special_tokens(self.model, self.tokenizer)
+
 
 @dataclass
 class Segmenter:
