@@ -554,3 +554,27 @@ def ui_to_api(workflow: dict, classes: dict) -> dict:
         if node.get("title"):
             prompt[str(node["id"])]["_meta"] = {"title": node["title"]}
     return prompt
+
+
+def write_ui_workflows(root: Path) -> list[Path]:
+    """Regenerate ``workflows/*.json`` (UI format) from ``workflows/api/*.json`` and the node specs."""
+    import json
+    import tempfile
+
+    sys.path.insert(0, str(root))
+    import nodes
+
+    classes = {**CORE_NODES, **nodes.NODE_CLASS_MAPPINGS}
+    written = []
+    with tempfile.TemporaryDirectory() as scratch, fake_comfyui(Path(scratch)):
+        for api_file in sorted((root / "workflows" / "api").glob("*.json")):
+            ui = api_to_ui(json.loads(api_file.read_text()), classes)
+            target = root / "workflows" / api_file.name
+            target.write_text(json.dumps(ui, indent=1) + "\n")
+            written.append(target)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_ui_workflows(Path(__file__).resolve().parent.parent):
+        print("wrote", path)
