@@ -81,26 +81,40 @@ def _module_bytes(modules) -> int:
 def on_execution_device(pipe):
     """Run a pipeline (CoCoCo or LGVI) on ComfyUI's device, then put it back on the offload device.
 
-    ComfyUI first evicts its own models to make room; afterwards the pipeline leaves the accelerator
-    (unless ComfyUI keeps models there, e.g. --highvram), so other nodes get the memory back. A CoCoCo
-    pipeline loaded with ``offload`` moves its text encoder and VAE by itself.
+    A CoCoCo pipeline loaded with ``offload`` moves its text encoder and VAE by itself.
     """
-    device, offload = comfy.torch_device(), comfy.offload_device()
     modules = [getattr(pipe, name, None) for name in ("unet", "vae", "text_encoder")]
     resident = modules[:1] if getattr(pipe, "offload", False) else modules
-    comfy.free_memory(_module_bytes(modules), device)
-    _place(pipe, device, resident)
+    with modules_on_device(resident, reserve=modules) as device:
+        if not isinstance(getattr(type(pipe), "device", None), property):  # LGVI derives it from its U-Net
+            pipe.device = device
+        try:
+            yield pipe
+        finally:
+            if not isinstance(getattr(type(pipe), "device", None), property):
+                pipe.device = comfy.offload_device()
+
+
+@contextlib.contextmanager
+def modules_on_device(modules, reserve=None):
+    """Move ``modules`` to ComfyUI's device for the block and back to the offload device after it.
+
+    ComfyUI first evicts its own models to make room for ``reserve`` (default: the modules); afterwards
+    the modules leave the accelerator (unless ComfyUI keeps models there, e.g. --highvram), so other
+    nodes get the memory back. Yields the execution device.
+    """
+    device, offload = comfy.torch_device(), comfy.offload_device()
+    comfy.free_memory(_module_bytes(reserve if reserve is not None else modules), device)
+    _place(modules, device)
     try:
-        yield pipe
+        yield device
     finally:
         if offload != device:
-            _place(pipe, offload, resident)
+            _place(modules, offload)
             comfy.soft_empty_cache()
 
 
-def _place(pipe, device: torch.device, modules) -> None:
-    if not isinstance(getattr(type(pipe), "device", None), property):  # LGVI derives it from its U-Net
-        pipe.device = torch.device(device)
+def _place(modules, device: torch.device) -> None:
     for module in modules:
         if module is not None:
             module.to(device)
