@@ -109,17 +109,19 @@ def encoder_tokens(height: int, width: int, config) -> int:
 
 
 def detection_size(height: int, width: int, config, short: int = 800, max_long: int = 1333) -> tuple[int, int]:
-    """(h, w) to run detection at: GroundingDINO's resize, enlarged when too small for ``num_queries`` proposals."""
+    """(h, w) to run detection at: GroundingDINO's resize (``get_size_with_aspect_ratio``: short side ``short``,
+    long side ``int(short * long / short_orig)``, capped at ``max_long``), enlarged while the image is too small
+    for ``num_queries`` proposals."""
     low, high = min(height, width), max(height, width)
     target = short
     if max_long and high / low * target > max_long:
         target = int(round(max_long * low / high))
-    scale = target / low
     while True:
-        h, w = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+        long_side = int(target * high / low)
+        h, w = (target, long_side) if height <= width else (long_side, target)
         if encoder_tokens(h, w, config) >= config.num_queries:
             return h, w
-        scale *= 1.1
+        target = int(target * 1.1) + 1
 
 
 def preprocess(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
