@@ -1,0 +1,115 @@
+"""LGVI video U-Net: official key layout, SD-1.x numerics, temporal attention, conditioning variants, mask."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import test_lgvi_tiny as tiny
+import tiny_models
+from cococo_core.attention import attention_backend
+from cococo_core.lgvi.unet import LGVIUNet
+
+
+def _diffusers_unet(in_channels):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**{**tiny_models.TINY_UNET_CONFIG, "in_channels": in_channels}).eval()
+
+
+def _lgvi_only(key: str) -> bool:
+    return ".attn_temp." in key or ".norm_temp." in key or key.startswith(("mask_decoder.", "condition_conv_in."))
+
+
+@pytest.mark.parametrize("in_channels", [8, 4])
+def test_key_layout_is_diffusers_sd_plus_the_official_lgvi_extras(in_channels):
+    ours = LGVIUNet(tiny.unet_config(in_channels)).state_dict()
+    reference = _diffusers_unet(in_channels).state_dict()
+    sd_keys = {k for k in ours if not _lgvi_only(k)}
+    assert sd_keys == set(reference)
+    assert all(ours[k].shape == reference[k].shape for k in reference)
+    extras = {k for k in ours if _lgvi_only(k)}
+    temporal = {k for k in extras if not k.startswith("mask_decoder.") and (".attn_temp." in k or ".norm_temp." in k)}
+    # 16 transformer blocks (down 2+2+2, mid 1, up 3+3+3), each attn_temp (q,k,v,out w+b) + norm_temp (w,b)
+    assert len(temporal) == 16 * 7
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_out.0.bias" in temporal
+    assert "mid_block.attentions.0.transformer_blocks.0.norm_temp.weight" in temporal
+    decoder = {k for k in extras if k.startswith("mask_decoder.")}
+    assert decoder == {f"mask_decoder.projects.{i}.{n}.{p}" for i in range(3)
+                       for n, ps in (("conv1", ["weight"]), ("conv2", ["weight"]), ("conv_temp", ["weight"]),
+                                     ("norm1", ["weight", "bias"]), ("norm2", ["weight", "bias"]), ("norm_temp", ["weight", "bias"]))
+                       for p in ps} | {"mask_decoder.final_conv.weight", "mask_decoder.final_conv.bias"}
+    assert ("condition_conv_in.weight" in extras) == (in_channels == 4)
+
+
+def test_zeroed_temporal_layers_reduce_to_the_diffusers_per_frame_unet():
+    reference = _diffusers_unet(8).double()
+    model = LGVIUNet(tiny.unet_config(8)).double().eval()
+    state = model.state_dict()
+    state.update(reference.state_dict())
+    for key in state:
+        if ".attn_temp.to_out.0." in key:
+            state[key] = torch.zeros_like(state[key])
+    model.load_state_dict(state)
+    # odd latent sizes exercise the forwarded upsample sizes
+    z, c, ctx = torch.randn(1, 4, 3, 12, 10).double(), torch.randn(1, 4, 3, 12, 10).double(), torch.randn(1, 5, 32).double()
+    with torch.no_grad():
+        eps, _ = model(z, 10, ctx, c)
+        expected = reference(torch.cat([z, c], 1)[0].transpose(0, 1), 10, ctx.repeat(3, 1, 1)).sample
+    torch.testing.assert_close(eps[0].transpose(0, 1), expected, rtol=1e-9, atol=1e-9)
+
+
+def _live_model(in_channels=8):
+    model = LGVIUNet(tiny.unet_config(in_channels)).eval()
+    model.load_state_dict(tiny.lgvi_unet_state(in_channels))
+    return model
+
+
+def test_temporal_attention_mixes_frames_without_positional_encoding():
+    model = _live_model().double()
+    z, c, ctx = (torch.randn(*shape, dtype=torch.float64) for shape in ((1, 4, 4, 8, 8), (1, 4, 4, 8, 8), (1, 5, 32)))
+    with torch.no_grad():
+        eps, _ = model(z, 500, ctx, c)
+        order = torch.tensor([2, 0, 3, 1])
+        permuted, _ = model(z[:, :, order], 500, ctx, c[:, :, order])
+        torch.testing.assert_close(permuted, eps[:, :, order], rtol=1e-9, atol=1e-10)  # permutation-equivariant
+        changed = z.clone()
+        changed[:, :, 0] += 1.0
+        other, _ = model(changed, 500, ctx, c)
+    assert (other[:, :, 1:] - eps[:, :, 1:]).abs().max() > 1e-4  # frame 0 influences the other frames
+
+
+def test_condition_conv_in_variant_adds_a_separate_convolution():
+    model = LGVIUNet(tiny.unet_config(4)).eval()
+    assert torch.count_nonzero(model.condition_conv_in.weight) == 0  # zero-initialised as upstream
+    assert model.conv_in.in_channels == 4
+    model.load_state_dict(tiny.lgvi_unet_state(4))
+    z, c, ctx = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 4, 2, 8, 8), torch.randn(1, 3, 32)
+    with torch.no_grad():
+        with_c, _ = model(z, 10, ctx, c)
+        zero_c, _ = model(z, 10, ctx, torch.zeros_like(c))
+        torch.nn.init.zeros_(model.condition_conv_in.weight)
+        no_weight, _ = model(z, 10, ctx, c)
+    assert (with_c - zero_c).abs().max() > 1e-4
+    torch.testing.assert_close(no_weight, zero_c)  # only the bias remains with zero weights
+
+
+def test_mask_decoder_returns_latent_resolution_probabilities():
+    model = _live_model()
+    z = torch.randn(1, 4, 3, 8, 12)
+    with torch.no_grad():
+        eps, mask = model(z, 10, torch.randn(1, 4, 32), torch.randn_like(z), return_mask=True)
+        _, no_mask = model(z, 10, torch.randn(1, 4, 32), torch.randn_like(z))
+    assert eps.shape == z.shape and no_mask is None
+    assert mask.shape == (1, 1, 3, 8, 12)
+    assert 0 <= float(mask.min()) and float(mask.max()) <= 1
+
+
+def test_naive_and_sdpa_attention_agree():
+    model = _live_model()
+    z, c, ctx = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 4, 3, 8, 8), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        with attention_backend("naive"):
+            naive, _ = model(z, 10, ctx, c)
+        with attention_backend("sdpa"):
+            sdpa, _ = model(z, 10, ctx, c)
+    torch.testing.assert_close(naive, sdpa, rtol=1e-4, atol=1e-5)
