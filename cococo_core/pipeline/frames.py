@@ -1,0 +1,165 @@
+"""Checking user videos and masks, and the geometry between the user's frame size and the model's.
+
+Videos are (F, H, W, 3) RGB, uint8 or float in [0, 1]; masks are (F, H, W) (or (F, H, W, 1)), 1 = region
+to fill, bool / uint8 (0..255) / float in [0, 1]. Both may be numpy arrays or torch tensors.
+
+Geometry: frames are optionally resized to a working size (``width`` / ``height``), then padded by
+reflection on the bottom and right up to a multiple of ``size_multiple`` pixels (64 by default, so
+the latent is a multiple of 8 and every U-Net level halves exactly). Reflection keeps pixels 1:1,
+so no resampling happens unless a working size is asked for; the padding is cropped off after
+decoding and the frames are resized back to the input size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LATENT_FACTOR = 8  # VAE downsampling
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise ValueError(f"{name} must be a numeric array, got an array of Python objects")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
+
+
+def _check_float_range(values: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    low, high = values.min().item(), values.max().item()
+    if low < 0 or high > 1:
+        raise ValueError(f"{name} values must lie in [0, 1] for float input, found [{low:.4g}, {high:.4g}]")
+
+
+def as_video(video) -> torch.Tensor:
+    """The video as given (uint8 or float), on the CPU, after checking shape, dtype and values."""
+    frames = _as_tensor(video, "video")
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"video must have shape (frames, height, width, 3) RGB, got {tuple(frames.shape)}")
+    if frames.shape[0] == 0:
+        raise ValueError("video has zero frames")
+    if frames.shape[1] < LATENT_FACTOR or frames.shape[2] < LATENT_FACTOR:
+        raise ValueError(f"frames must be at least {LATENT_FACTOR}x{LATENT_FACTOR} pixels, got {frames.shape[2]}x{frames.shape[1]}")
+    if frames.dtype == torch.uint8:
+        return frames
+    if not frames.is_floating_point():
+        raise ValueError(f"video must be uint8 (0..255) or float in [0, 1], got dtype {frames.dtype}")
+    _check_float_range(frames, "video")
+    return frames
+
+
+def video_to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 or float video -> float32 in [0, 1]."""
+    if frames.dtype == torch.uint8:
+        return frames.to(torch.float32) / 255.0
+    return frames.to(torch.float32)
+
+
+def as_mask(mask, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """float32 (F, H, W) in [0, 1]; a single mask is used for every frame."""
+    values = _as_tensor(mask, "mask")
+    if values.dim() == 4 and values.shape[-1] == 1:
+        values = values[..., 0]
+    if values.dim() == 2:
+        values = values[None]
+    if values.dim() != 3:
+        raise ValueError(f"mask must have shape (frames, height, width), got {tuple(values.shape)}")
+    if tuple(values.shape[1:]) != (height, width):
+        raise ValueError(f"mask size {values.shape[2]}x{values.shape[1]} does not match the video frame size {width}x{height}")
+    if values.shape[0] not in (1, num_frames):
+        raise ValueError(f"mask has {values.shape[0]} frames but the video has {num_frames}; give one mask per frame (or a single mask for all)")
+    if values.dtype == torch.bool:
+        values = values.to(torch.float32)
+    elif values.dtype == torch.uint8:
+        values = values.to(torch.float32) / 255.0
+    elif values.is_floating_point():
+        values = values.to(torch.float32)
+        _check_float_range(values, "mask")
+    else:
+        raise ValueError(f"mask must be bool, uint8 (0..255) or float in [0, 1], got dtype {values.dtype}")
+    return values.expand(num_frames, height, width).contiguous()
+
+
+def grow_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Binary dilation of (mask > 0) by a (2·pixels+1)² square; soft values inside are kept as max."""
+    if pixels <= 0:
+        return mask
+    return F.max_pool2d(mask[:, None], 2 * pixels + 1, stride=1, padding=pixels)[:, 0]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """User frame size -> working size (resize) -> padded size (multiple of ``size_multiple``)."""
+
+    input_hw: tuple[int, int]
+    work_hw: tuple[int, int]
+    padded_hw: tuple[int, int]
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.padded_hw[0] // LATENT_FACTOR, self.padded_hw[1] // LATENT_FACTOR
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def plan_geometry(height: int, width: int, *, work_width: int | None = None, work_height: int | None = None,
+                  size_multiple: int = 64) -> Geometry:
+    """Working size: both given -> exactly that; one given -> the other keeps the aspect (multiple of 8)."""
+    if size_multiple < LATENT_FACTOR or size_multiple % LATENT_FACTOR:
+        raise ValueError(f"size_multiple must be a positive multiple of {LATENT_FACTOR}, got {size_multiple}")
+    for name, value in (("width", work_width), ("height", work_height)):
+        if value is not None and (not isinstance(value, int) or value < LATENT_FACTOR):
+            raise ValueError(f"working {name} must be an integer >= {LATENT_FACTOR}, got {value!r}")
+    if work_width is None and work_height is None:
+        work = (height, width)
+    elif work_width is None:
+        work = (work_height, _round_to(width * work_height / height, LATENT_FACTOR))
+    elif work_height is None:
+        work = (_round_to(height * work_width / width, LATENT_FACTOR), work_width)
+    else:
+        work = (work_height, work_width)
+    padded = tuple(-(-side // size_multiple) * size_multiple for side in work)
+    return Geometry((height, width), work, padded)
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _pad_bottom_right(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    pad_h, pad_w = size[0] - images.shape[-2], size[1] - images.shape[-1]
+    if pad_h == 0 and pad_w == 0:
+        return images
+    # reflection needs the pad to be smaller than the side; wider pads repeat the reflection
+    while pad_h > 0 or pad_w > 0:
+        step_h = min(pad_h, images.shape[-2] - 1)
+        step_w = min(pad_w, images.shape[-1] - 1)
+        images = F.pad(images, (0, step_w, 0, step_h), mode="reflect")
+        pad_h, pad_w = pad_h - step_h, pad_w - step_w
+    return images
+
+
+def to_working(images: torch.Tensor, geometry: Geometry, *, binary: bool = False) -> torch.Tensor:
+    """(N, C, H, W) at the input size -> (N, C, padded H, padded W). ``binary`` keeps a 0/1 mask 0/1
+    (any pixel the resized hole touches is filled)."""
+    resized = _resize(images, geometry.work_hw)
+    if binary and resized is not images:
+        resized = (resized > 1e-6).to(images.dtype)
+    return _pad_bottom_right(resized.clamp(0, 1), geometry.padded_hw)
+
+
+def from_working(images: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """(N, C, padded H, padded W) -> (N, C, H, W) at the input size."""
+    height, width = geometry.work_hw
+    return _resize(images[..., :height, :width], geometry.input_hw)

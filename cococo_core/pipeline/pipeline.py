@@ -1,0 +1,170 @@
+"""``CoCoCoPipeline``: text-guided video inpainting from frames + masks to frames.
+
+Flow of ``__call__`` (cococo-official.md §3): check inputs -> working size (resize / reflect-pad to a
+multiple of 64) -> masked image (1 - m)·x -> VAE latents x 0.18215 (posterior sample from the seed) and
+nearest latent mask -> :func:`~cococo_core.pipeline.sampler.denoise` (DDIM + CFG, context windows for
+long videos) -> VAE decode -> back to the input size -> optional paste-back of the original pixels.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from ..hooks import CancelCheck, StepCallback, check_cancelled
+from .conditioning import decode_latents, encode_images, latent_mask, masked_image, module_device_dtype
+from .conditioning import vae_tiling as tiled_vae
+from .frames import as_mask, as_video, from_working, grow_mask, plan_geometry, to_working, video_to_float
+from .paste import paste_back as paste_original
+from .paste import paste_weights
+from .sampler import denoise
+from .text import encode_prompts
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("float", "uint8")
+POSTERIORS = ("sample", "mean")
+TILE_PIXELS = 1024 * 1024  # frames larger than this are VAE-encoded/decoded tiled unless told otherwise
+
+
+class CoCoCoPipeline:
+    """CoCoCo from already-loaded parts: an SD-1.x VAE, CLIP text encoder and tokenizer, and the video
+    U-Net (``unet(sample (N, 9, F, h, w), timestep, encoder_hidden_states) -> (N, 4, F, h, w)``).
+
+    ``device`` is where the U-Net runs (default: where its weights are). With ``offload=True`` the
+    text encoder and the VAE wait on the CPU and visit ``device`` only while they work, so the
+    accelerator holds just the U-Net during sampling. ``vae_chunk`` frames go through the VAE per call.
+    """
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, *, device=None, offload: bool = False, vae_chunk: int = 8):
+        if vae_chunk < 1:
+            raise ValueError(f"vae_chunk must be >= 1 frame, got {vae_chunk}")
+        self.vae, self.text_encoder, self.tokenizer, self.unet = vae, text_encoder, tokenizer, unet
+        self.device = torch.device(device) if device is not None else module_device_dtype(unet)[0]
+        self.offload = offload
+        self.vae_chunk = vae_chunk
+        self.unet.to(self.device)
+        storage = torch.device("cpu") if offload else self.device
+        for module in (vae, text_encoder):
+            if module is not None:
+                module.to(storage)
+
+    @classmethod
+    def from_pretrained(cls, base, motion, *, tokenizer=None, device=None, dtype=None, vae_dtype=None,
+                        offload: bool = False, vae_chunk: int = 8) -> "CoCoCoPipeline":
+        """Load SD-1.x-inpainting parts from ``base`` (diffusers folder or single file) and the motion
+        modules from ``motion`` (official ``model_*.pth`` files / converted safetensors).
+        ``vae_dtype`` defaults to ``dtype``; fp32 avoids the SD VAE's rare fp16 overflow."""
+        from ..checkpoints import load_sd_components  # noqa: PLC0415 - heavy, only when loading
+        from ..models import load_video_unet  # noqa: PLC0415
+
+        parts = load_sd_components(base, components=("vae", "text_encoder", "tokenizer"), tokenizer=tokenizer,
+                                   device="cpu" if offload else device, dtype=dtype)
+        if vae_dtype is not None:
+            parts.vae.to(vae_dtype)
+        unet = load_video_unet(base, motion, device=device, dtype=dtype, tokenizer=tokenizer)
+        return cls(parts.vae, parts.text_encoder, parts.tokenizer, unet, device=device, offload=offload,
+                   vae_chunk=vae_chunk)
+
+    @contextlib.contextmanager
+    def _visiting(self, module):
+        """Keep ``module`` on the execution device for the block, back on the CPU after it if offloading."""
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            if self.offload:
+                module.to("cpu")
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", *, guidance_scale: float = 14.0):
+        """(prompt_embeds, negative_prompt_embeds or None when g <= 1), each (1, 77, hidden)."""
+        prompts = [negative_prompt, prompt] if guidance_scale > 1 else [prompt]
+        with self._visiting(self.text_encoder) as text_encoder:
+            embeds = encode_prompts(self.tokenizer, text_encoder, prompts).to(self.device)
+        return (embeds[1:2], embeds[0:1]) if guidance_scale > 1 else (embeds[0:1], None)
+
+    def denoise(self, noise, masked_latents, mask, prompt_embeds, negative_prompt_embeds, num_inference_steps=50,
+                guidance_scale=14.0, *, context_length=None, context_overlap=None, split_cfg=False,
+                callback: StepCallback | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
+        """The sampler alone (see :func:`cococo_core.pipeline.sampler.denoise`): latents in, latents out."""
+        return denoise(self.unet, noise, masked_latents, mask, prompt_embeds, negative_prompt_embeds,
+                       num_inference_steps, guidance_scale, context_length=context_length,
+                       context_overlap=context_overlap, split_cfg=split_cfg, callback=callback, cancel=cancel)
+
+    @torch.no_grad()
+    def __call__(self, video, mask, prompt: str, negative_prompt: str = "", num_inference_steps: int = 50,
+                 guidance_scale: float = 14.0, seed: int | None = 0, *, width: int | None = None,
+                 height: int | None = None, size_multiple: int = 64, context_length: int | None = None,
+                 context_overlap: int | None = None, posterior: str = "sample", split_cfg: bool = False,
+                 mask_dilate: int = 0, paste_back: bool = True, paste_dilate: int = 8, paste_feather: int = 8,
+                 vae_tiling: bool | None = None, noise_device: str = "cpu", output: str = "float",
+                 callback: StepCallback | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
+        """Inpaint ``video`` (F, H, W, 3; uint8 or float in [0, 1]) where ``mask`` (F, H, W; 1 = fill) is set.
+
+        Returns (F, H, W, 3) on the CPU: float32 in [0, 1] (``output="float"``) or uint8 (rounded).
+        ``seed`` fixes the initial noise and the VAE posterior sample, both drawn on ``noise_device``
+        ("cpu" by default, so a seed gives the same video on every device); None draws a random seed.
+        ``width``/``height`` set a working resolution (the result comes back at the input size).
+        ``context_length``/``context_overlap`` set temporal windows (default: automatic, see sampler).
+        ``posterior="mean"`` encodes with the VAE posterior mean instead of a sample.
+        ``mask_dilate`` grows the mask by that many pixels before inpainting (the official demo used 12).
+        ``paste_back`` returns the original pixels outside the mask grown by ``paste_dilate`` pixels and
+        feathered over ``paste_feather`` pixels; ``paste_back=False`` returns the decoded frames as they are.
+        ``callback(step, total, latents)`` runs after each denoising step; ``cancel()`` is polled throughout.
+        An empty mask returns the input as it is, without running any model.
+        """
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+            raise ValueError("prompt and negative_prompt must be strings")
+        original = as_video(video)
+        num_frames, in_h, in_w, _ = original.shape
+        holes = as_mask(mask, num_frames, in_h, in_w)
+        if not holes.any():
+            logger.info("the mask is empty: returning the input video unchanged")
+            return _convert(original, output)
+        holes = grow_mask(holes, mask_dilate)
+        geometry = plan_geometry(in_h, in_w, work_width=width, work_height=height, size_multiple=size_multiple)
+        frames = to_working(video_to_float(original).permute(0, 3, 1, 2), geometry)
+        holes_work = to_working(holes[:, None], geometry, binary=bool(((holes == 0) | (holes == 1)).all()))
+        latent_hw = geometry.latent_hw
+
+        generator = torch.Generator(noise_device)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**63 - 1, ()).item()))
+        noise = torch.randn((1, 4, num_frames) + latent_hw, generator=generator, device=noise_device)
+        posterior_noise = None
+        if posterior == "sample":
+            posterior_noise = torch.randn((num_frames, 4) + latent_hw, generator=generator, device=noise_device)
+
+        check_cancelled(cancel)
+        prompt_embeds, negative_embeds = self.encode_prompt(prompt, negative_prompt, guidance_scale=guidance_scale)
+        tiled = vae_tiling if vae_tiling is not None else geometry.padded_hw[0] * geometry.padded_hw[1] > TILE_PIXELS
+        with self._visiting(self.vae) as vae, tiled_vae(vae, tiled):
+            conditioning = encode_images(vae, masked_image(frames, holes_work), noise=posterior_noise,
+                                         chunk=self.vae_chunk, cancel=cancel)
+        latents = self.denoise(
+            noise, _to_video_latents(conditioning), _to_video_latents(latent_mask(holes_work, latent_hw)),
+            prompt_embeds, negative_embeds, num_inference_steps, guidance_scale, context_length=context_length,
+            context_overlap=context_overlap, split_cfg=split_cfg, callback=callback, cancel=cancel)
+        with self._visiting(self.vae) as vae, tiled_vae(vae, tiled):
+            decoded = decode_latents(vae, latents[0].permute(1, 0, 2, 3), chunk=self.vae_chunk, cancel=cancel)
+        result = _convert(from_working(decoded, geometry).permute(0, 2, 3, 1).contiguous(), output)
+        if not paste_back:
+            return result
+        weights = paste_weights(holes, dilate=paste_dilate, feather=paste_feather)
+        return paste_original(_convert(original, output), result, weights)
+
+
+def _to_video_latents(per_frame: torch.Tensor) -> torch.Tensor:
+    """(F, C, h, w) -> (1, C, F, h, w)."""
+    return per_frame.permute(1, 0, 2, 3)[None]
+
+
+def _convert(frames: torch.Tensor, output: str) -> torch.Tensor:
+    """(F, H, W, 3) uint8 or float -> the requested output dtype (uint8 rounds; uint8 input is kept as is)."""
+    if output == "uint8":
+        return frames if frames.dtype == torch.uint8 else (frames.to(torch.float32) * 255).round().clamp(0, 255).to(torch.uint8)
+    return video_to_float(frames)
