@@ -263,3 +263,19 @@ def test_inverse_renaming_covers_every_tensor(tmp_path):
     sam_state = sam_original_state(sam)
     assert not any(k.startswith(("vision_encoder.", "shared_image_embedding")) for k in sam_state)
     assert len(sam_state) == len(sam.state_dict()) - 1 + 2
+
+
+_SHARED: dict[str, tuple] = {}
+
+
+def shared_files(kind: str):
+    """The tiny models written once per test process (``kind``: 'dino' or 'sam'), in a temporary folder."""
+    if kind not in _SHARED:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix=f"cococo-masks-{kind}-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _SHARED[kind] = write_dino_both(root) if kind == "dino" else write_sam_both(root)
+    return _SHARED[kind]
