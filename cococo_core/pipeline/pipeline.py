@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 
 import torch
 
 from ..hooks import CancelCheck, StepCallback, check_cancelled
 from .conditioning import decode_latents, encode_images, latent_mask, masked_image, module_device_dtype
 from .conditioning import vae_tiling as tiled_vae
+from .ddim import ddim_schedule
 from .frames import as_mask, as_video, from_working, grow_mask, plan_geometry, to_working, video_to_float
 from .paste import paste_back as paste_original
 from .paste import paste_weights
@@ -120,6 +122,9 @@ class CoCoCoPipeline:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt and negative_prompt must be strings")
+        ddim_schedule(num_inference_steps)  # check the step count before any work
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
         original = as_video(video)
         num_frames, in_h, in_w, _ = original.shape
         holes = as_mask(mask, num_frames, in_h, in_w)

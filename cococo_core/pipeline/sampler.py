@@ -30,20 +30,18 @@ logger = logging.getLogger(__name__)
 
 MAX_TEMPORAL_FRAMES = 64  # temporal PE max_len
 MAX_DGA_TOKENS = 10000  # DGA PE max_len
-DGA_ROWS = 12  # DGA resizes any level taller than 12 rows to 12 rows
 UNET_LEVELS = 4
 
 
 def dga_tokens_per_frame(latent_h: int, latent_w: int) -> int:
     """Largest per-frame DGA token count over the U-Net levels (§1.4: ``(12, int(12/H·W))`` if H > 12)."""
+    from ..models.motion_attention import dga_grid  # noqa: PLC0415 - keeps this module free of model imports
+
     most = 0
     height, width = latent_h, latent_w
     for _ in range(UNET_LEVELS):
-        if height > DGA_ROWS:
-            tokens = DGA_ROWS * int(DGA_ROWS / height * width)
-        else:
-            tokens = height * width
-        most = max(most, tokens)
+        rows, cols = dga_grid(height, width)
+        most = max(most, rows * cols)
         height, width = -(-height // 2), -(-width // 2)  # stride-2 conv with padding 1
     return most
 

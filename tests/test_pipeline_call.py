@@ -1,0 +1,150 @@
+"""CoCoCoPipeline end to end on tiny random-weight models."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cococo_core.hooks import Cancelled
+from cococo_core.pipeline.conditioning import LATENT_SCALE, encode_images
+from test_pipeline_helpers import Spy, moving_disc_mask, pan_clip, tiny_parts, tiny_pipeline
+
+FRAMES, HEIGHT, WIDTH = 4, 40, 56  # not multiples of 64: padded to 64x64 (latent 8x8)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return pan_clip(FRAMES, HEIGHT, WIDTH), moving_disc_mask(FRAMES, HEIGHT, WIDTH)
+
+
+@pytest.fixture(scope="module")
+def result(clip):
+    """One default run (paste-back on), shared by the tests that only look at it."""
+    video, mask = clip
+    return tiny_pipeline()(video, mask, "the cat", num_inference_steps=2, seed=7, output="uint8")
+
+
+class Forbidden(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args, **kwargs):
+        raise AssertionError("no model may run for an empty mask")
+
+    def __getattr__(self, name):
+        if name in ("encode", "decode"):
+            raise AssertionError("no model may run for an empty mask")
+        return super().__getattr__(name)
+
+
+def test_empty_mask_returns_the_input_without_running_any_model(clip):
+    video, _ = clip
+    pipe = tiny_pipeline(unet=Forbidden())
+    pipe.vae = pipe.text_encoder = Forbidden()
+    empty = np.zeros((FRAMES, HEIGHT, WIDTH), np.uint8)
+    assert np.array_equal(pipe(video, empty, "x", output="uint8").numpy(), video)
+    assert torch.equal(pipe(video, empty, "x"), torch.from_numpy(video).float() / 255)
+
+
+def test_result_has_the_input_size_and_keeps_every_unmasked_pixel(clip, result):
+    video, mask = clip
+    assert result.shape == (FRAMES, HEIGHT, WIDTH, 3) and result.dtype == torch.uint8
+    weights_zero = ~torch.from_numpy(_grown(mask > 0, 8 + 4))
+    assert torch.equal(result[weights_zero], torch.from_numpy(video)[weights_zero])
+    hole = torch.from_numpy(mask > 0)
+    assert (result[hole].int() - torch.from_numpy(video)[hole].int()).abs().float().mean() > 5  # the hole was filled
+
+
+def _grown(mask, pixels):
+    return torch.nn.functional.max_pool2d(torch.from_numpy(mask).float()[:, None], 2 * pixels + 1, 1, pixels)[:, 0].bool().numpy()
+
+
+def test_float_input_float_output_keeps_unmasked_pixels_bit_identical(clip):
+    video, mask = clip
+    frames = torch.from_numpy(video).float() / 255
+    out = tiny_pipeline()(frames, torch.from_numpy(mask > 0), "", num_inference_steps=1, paste_dilate=0, paste_feather=0)
+    outside = torch.from_numpy(mask == 0)
+    assert out.dtype == torch.float32 and torch.equal(out[outside], frames[outside])
+
+
+def test_same_seed_same_video_other_seed_other_video(clip, result):
+    video, mask = clip
+    pipe = tiny_pipeline()
+    again = pipe(video, mask, "the cat", num_inference_steps=2, seed=7, output="uint8")
+    other = pipe(video, mask, "the cat", num_inference_steps=2, seed=8, output="uint8")
+    assert torch.equal(again, result) and not torch.equal(other, result)
+
+
+def test_full_mask_works_and_exact_path_returns_decoded_frames(clip):
+    video, _ = clip
+    full = np.ones((FRAMES, HEIGHT, WIDTH), np.float32)
+    pipe = tiny_pipeline()
+    out = pipe(video, full, "the dog", num_inference_steps=1, guidance_scale=1.0, paste_back=False)
+    assert out.shape == (FRAMES, HEIGHT, WIDTH, 3) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+    pasted = pipe(video, full, "the dog", num_inference_steps=1, guidance_scale=1.0)
+    assert torch.equal(out, pasted)  # nothing is outside a full mask
+
+
+def test_conditioning_is_the_scaled_posterior_sample_and_chunking_does_not_matter():
+    vae = tiny_parts()[0]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 3, 32, 32, generator=generator) * 2 - 1
+    noise = torch.randn(5, 4, 4, 4, generator=generator)
+    with torch.no_grad():
+        posterior = vae.encode(images).latent_dist
+    expected = LATENT_SCALE * (posterior.mean + posterior.std * noise)
+    torch.testing.assert_close(encode_images(vae, images, noise=noise, chunk=2), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encode_images(vae, images, chunk=5), LATENT_SCALE * posterior.mean, atol=1e-5, rtol=1e-5)
+
+
+def test_options_change_what_they_should(clip):
+    video, mask = clip
+    pipe = tiny_pipeline()
+    base = dict(num_inference_steps=1, seed=1, paste_back=False)
+    sampled = pipe(video, mask, "a", **base)
+    assert not torch.equal(pipe(video, mask, "a", posterior="mean", **base), sampled)
+    torch.testing.assert_close(pipe(video, mask, "a", split_cfg=True, **base), sampled, atol=1e-4, rtol=0)
+    resized = pipe(video, mask, "a", width=32, **base)
+    assert resized.shape == sampled.shape and not torch.equal(resized, sampled)
+
+
+def test_windowed_call_and_progress(clip):
+    video, mask = clip
+    spy = Spy(tiny_parts()[3])
+    steps = []
+    out = tiny_pipeline(unet=spy)(video, mask, "a", num_inference_steps=2, context_length=3, context_overlap=1,
+                                  callback=lambda step, total, latents: steps.append((step, total)))
+    assert out.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert spy.calls == [(2, 3), (2, 3)] * 2 and steps == [(1, 2), (2, 2)]
+
+
+def test_cancel_stops_within_one_step(clip):
+    video, mask = clip
+    spy, steps = Spy(tiny_parts()[3]), []
+    with pytest.raises(Cancelled):
+        tiny_pipeline(unet=spy)(video, mask, "a", num_inference_steps=5, callback=lambda s, t, x: steps.append(s),
+                                cancel=lambda: len(steps) >= 1)
+    assert len(spy.calls) == 1
+
+
+def test_offload_keeps_encoders_on_the_cpu(clip):
+    video, mask = clip
+    pipe = tiny_pipeline(offload=True)
+    pipe(video, mask, "a", num_inference_steps=1)
+    assert next(pipe.vae.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(output="png"), "output must be"),
+    (dict(posterior="mode"), "posterior must be"),
+    (dict(prompt=3), "must be strings"),
+    (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(mask=np.zeros((FRAMES + 1, HEIGHT, WIDTH), np.uint8) + 1), "mask has 5 frames"),
+    (dict(video=np.zeros((FRAMES, HEIGHT, WIDTH, 3), np.float32) - 1), r"\[0, 1\]"),
+])
+def test_bad_arguments_are_explained(clip, kwargs, message):
+    video, mask = clip
+    arguments = dict(video=video, mask=mask, prompt="a")
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline()(**arguments)
