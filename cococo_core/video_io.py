@@ -1,0 +1,216 @@
+"""Reading and writing videos, image sequences and masks for the inpainting commands.
+
+Sources (all read as RGB uint8 (F, H, W, 3)):
+
+* a video file: .mp4 .m4v .mov .mkv .avi .webm (ffmpeg from the ``imageio-ffmpeg`` wheel, no system
+  ffmpeg) or an animated .gif (Pillow);
+* a folder of images (.png .jpg .jpeg .bmp .webp .tif .tiff), in natural order (``f2`` before ``f10``);
+* a glob pattern of images, e.g. ``frames/*.png`` (expanded in Python, never by a shell);
+* a single image (one frame).
+
+Frames are picked as ``start, start + stride, ...`` up to ``max_frames``; the frame rate of a video
+is kept (divided by ``stride``, so the clip plays at its real speed). Masks come from the same kinds of
+source: luminance in [0, 1], binarized at ``threshold`` (``None`` keeps the grey levels as a soft mask).
+
+Writing: .mp4/.m4v/.mov/.mkv (H.264, yuv420p; yuv444p when a side is odd, which 4:2:0 cannot hold),
+.webm (VP9), .gif (Pillow; frame durations are whole 1/100 s, so its fps is approximate), or a folder
+(``frame_00000.png`` ...) for any path without a suffix.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FFMPEG_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
+GIF_SUFFIXES = {".gif"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+GLOB_CHARACTERS = set("*?[")
+
+
+@dataclass
+class Clip:
+    """RGB uint8 frames (F, H, W, 3) and their frame rate (None for image sequences)."""
+
+    frames: np.ndarray
+    fps: float | None
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def _image_files(source: str) -> list[Path] | None:
+    """The images a folder / glob pattern / image path names, or None for a video file."""
+    path = Path(source)
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder {source}")
+        return sorted(files, key=_natural_key)
+    if path.exists():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return [path]
+        if path.suffix.lower() in FFMPEG_SUFFIXES | GIF_SUFFIXES:
+            return None
+        raise ValueError(f"{source}: unsupported file type {path.suffix!r}; use a video "
+                         f"({', '.join(sorted(FFMPEG_SUFFIXES | GIF_SUFFIXES))}), an image folder or an image pattern")
+    if GLOB_CHARACTERS & set(source):
+        files = [Path(p) for p in glob.glob(source) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise FileNotFoundError(f"the pattern {source} matches no image files")
+        return sorted(files, key=_natural_key)
+    raise FileNotFoundError(f"no such video, image folder or image: {source}")
+
+
+def _picked(index: int, start: int, stride: int) -> bool:
+    return index >= start and (index - start) % stride == 0
+
+
+def _rgb(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        frame = np.repeat(frame[..., None], 3, axis=-1)
+    if frame.dtype != np.uint8:
+        raise ValueError(f"only 8-bit frames are supported, got {frame.dtype}")
+    return np.ascontiguousarray(frame[..., :3])
+
+
+def _iter_video(path: str) -> tuple[Iterator[np.ndarray], float | None, object]:
+    import imageio.v2 as iio  # noqa: PLC0415 - optional at import time
+
+    if Path(path).suffix.lower() in GIF_SUFFIXES:
+        import imageio.v3 as iio3  # noqa: PLC0415
+
+        duration = iio3.immeta(path).get("duration")
+        fps = 1000.0 / duration if duration else None
+        return iio3.imiter(path), fps, None
+    try:
+        reader = iio.get_reader(path, format="FFMPEG")
+    except Exception as error:  # imageio raises OSError/RuntimeError variants for unreadable files
+        raise ValueError(f"cannot read the video {path}: {error}") from error
+    fps = reader.get_meta_data().get("fps")
+    return reader.iter_data(), (float(fps) if fps and math.isfinite(fps) else None), reader
+
+
+def _check_selection(stride: int, start: int, max_frames: int | None) -> None:
+    if stride < 1:
+        raise ValueError(f"frame stride must be >= 1, got {stride}")
+    if start < 0:
+        raise ValueError(f"start frame must be >= 0, got {start}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+
+
+def read_frames(source: str | os.PathLike, *, stride: int = 1, start: int = 0, max_frames: int | None = None) -> Clip:
+    """Read RGB frames from a video, image folder, glob pattern or image (see the module docstring)."""
+    _check_selection(stride, start, max_frames)
+    source = os.fspath(source)
+    files = _image_files(source)
+    frames: list[np.ndarray] = []
+    if files is not None:
+        from PIL import Image  # noqa: PLC0415
+
+        chosen = [f for i, f in enumerate(files) if _picked(i, start, stride)][:max_frames]
+        for file in chosen:
+            with Image.open(file) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        fps = None
+    else:
+        iterator, fps, reader = _iter_video(source)
+        try:
+            for index, frame in enumerate(iterator):
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+                if _picked(index, start, stride):
+                    frames.append(_rgb(np.asarray(frame)))
+        finally:
+            if reader is not None:
+                reader.close()
+        fps = fps / stride if fps else None
+    if not frames:
+        raise ValueError(f"{source} has no frames at start={start}, stride={stride}")
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:
+        raise ValueError(f"the frames of {source} differ in size: {sorted(sizes)}")
+    return Clip(np.stack(frames), fps)
+
+
+def read_mask(source: str | os.PathLike, *, stride: int = 1, start: int = 0, max_frames: int | None = None,
+              threshold: float | None = 0.5) -> np.ndarray:
+    """float32 (F, H, W) mask in [0, 1] (1 = fill) from the luminance of a video / image sequence;
+    binarized at ``threshold`` (luminance >= threshold), or the grey levels when ``threshold`` is None."""
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ValueError(f"mask threshold must be in [0, 1], got {threshold}")
+    frames = read_frames(source, stride=stride, start=start, max_frames=max_frames).frames.astype(np.float32)
+    luma = (frames @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+    if threshold is None:
+        return np.clip(luma, 0, 1)
+    return (luma >= threshold).astype(np.float32)
+
+
+def write_video(path: str | os.PathLike, frames, fps: float = 12.0, *, crf: int | None = None) -> Path:
+    """Write (F, H, W, 3) uint8 (or float in [0, 1]) frames; the format follows the suffix (module docstring).
+    ``crf``: H.264/VP9 constant rate factor (default 18 for H.264, 30 for VP9; lower = better)."""
+    path = Path(path)
+    frames = _as_uint8(frames)
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    suffix = path.suffix.lower()
+    if path.parent and not path.parent.exists():
+        raise FileNotFoundError(f"the output folder {path.parent} does not exist")
+    if suffix in GIF_SUFFIXES:
+        import imageio.v2 as iio  # noqa: PLC0415
+
+        iio.mimsave(path, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+    elif suffix in FFMPEG_SUFFIXES:
+        _write_ffmpeg(path, frames, fps, crf)
+    elif suffix == "":
+        from PIL import Image  # noqa: PLC0415
+
+        path.mkdir(exist_ok=True)
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(path / f"frame_{index:05d}.png")
+    else:
+        raise ValueError(f"cannot write {path}: use a video suffix ({', '.join(sorted(FFMPEG_SUFFIXES | GIF_SUFFIXES))}) "
+                         "or a folder path without a suffix for PNG frames")
+    return path
+
+
+def _write_ffmpeg(path: Path, frames: np.ndarray, fps: float, crf: int | None) -> None:
+    import imageio.v2 as iio  # noqa: PLC0415
+
+    height, width = frames.shape[1:3]
+    vp9 = path.suffix.lower() == ".webm"
+    pixel_format = "yuv420p"
+    if height % 2 or width % 2:
+        pixel_format = "yuv444p"
+        logger.warning("%dx%d has an odd side: writing 4:4:4 video, which some players cannot show", width, height)
+    crf = crf if crf is not None else (30 if vp9 else 18)
+    options = ["-crf", str(crf)] + (["-b:v", "0"] if vp9 else [])
+    writer = iio.get_writer(path, format="FFMPEG", fps=fps, codec="libvpx-vp9" if vp9 else "libx264",
+                            pixelformat=pixel_format, macro_block_size=1, quality=None, output_params=options)
+    try:
+        for frame in frames:
+            writer.append_data(frame)
+    finally:
+        writer.close()
+
+
+def _as_uint8(frames) -> np.ndarray:
+    array = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] == 0:
+        raise ValueError(f"frames must be a non-empty (frames, height, width, 3) array, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"frames must be uint8 or float in [0, 1], got {array.dtype}")
+    return np.ascontiguousarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
