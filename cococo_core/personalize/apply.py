@@ -16,9 +16,9 @@ from typing import Dict, List, Mapping, MutableMapping, Optional, Tuple, Union
 import torch
 
 from ..hooks import CancelCheck, StepCallback, check_cancelled, report
-from .plan import MergePlan, MergeRecipe
+from .plan import MergePlan, MergeRecipe, is_motion_key
 from .report import MergeReport
-from .sources import ComponentSource, DictSource, ModelSource, normalize_key
+from .sources import ComponentSource, ModelSource, normalize_key
 
 Target = Union[torch.nn.Module, MutableMapping[str, torch.Tensor]]
 
@@ -113,6 +113,8 @@ def personalize_modules(targets: Mapping[str, Target], recipe: MergeRecipe, *, b
     with MergePlan(recipe) as plan:
         work = []
         for component, key in plan.items():
+            if is_motion_key(key):
+                continue
             target = live[component].get(key)
             if target is None:
                 plan.report.add_unused("inpaint", f"{component}:{key}", "the target module has no such weight")

@@ -63,7 +63,8 @@ class MergeRecipe:
         return [spec if isinstance(spec, LoraSpec) else LoraSpec.parse(str(spec)) for spec in self.loras]
 
 
-def _is_motion(key: str) -> bool:
+def is_motion_key(key: str) -> bool:
+    """CoCoCo / AnimateDiff motion-module weights (never changed by a merge)."""
     return "motion_modules" in key or "temporal_transformer" in key
 
 
@@ -166,7 +167,7 @@ class MergePlan:
         for key in keys:
             shape = inp.shape(key)
             counts.weights += 1
-            if _is_motion(key):
+            if is_motion_key(key):
                 counts.kept += 1
                 continue
             tau = shape
