@@ -160,13 +160,9 @@ def read_mask(source: str | os.PathLike, *, stride: int = 1, start: int = 0, max
 def write_video(path: str | os.PathLike, frames, fps: float = 12.0, *, crf: int | None = None) -> Path:
     """Write (F, H, W, 3) uint8 (or float in [0, 1]) frames; the format follows the suffix (module docstring).
     ``crf``: H.264/VP9 constant rate factor (default 18 for H.264, 30 for VP9; lower = better)."""
-    path = Path(path)
+    path = check_output(path, fps)
     frames = _as_uint8(frames)
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be a positive number, got {fps}")
     suffix = path.suffix.lower()
-    if path.parent and not path.parent.exists():
-        raise FileNotFoundError(f"the output folder {path.parent} does not exist")
     if suffix in GIF_SUFFIXES:
         import imageio.v2 as iio  # noqa: PLC0415
 
@@ -179,9 +175,21 @@ def write_video(path: str | os.PathLike, frames, fps: float = 12.0, *, crf: int 
         path.mkdir(exist_ok=True)
         for index, frame in enumerate(frames):
             Image.fromarray(frame).save(path / f"frame_{index:05d}.png")
-    else:
+    return path
+
+
+def check_output(path: str | os.PathLike, fps: float = 12.0) -> Path:
+    """Raise before any work if ``write_video(path, ..., fps)`` could not write there."""
+    path = Path(path)
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if path.suffix and path.suffix.lower() not in FFMPEG_SUFFIXES | GIF_SUFFIXES:
         raise ValueError(f"cannot write {path}: use a video suffix ({', '.join(sorted(FFMPEG_SUFFIXES | GIF_SUFFIXES))}) "
                          "or a folder path without a suffix for PNG frames")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"the output folder {path.parent} does not exist")
+    if not path.suffix and path.exists() and not path.is_dir():
+        raise ValueError(f"cannot write PNG frames into {path}: it is a file, not a folder")
     return path
 
 

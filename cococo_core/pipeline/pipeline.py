@@ -58,14 +58,13 @@ class CoCoCoPipeline:
         """Load SD-1.x-inpainting parts from ``base`` (diffusers folder or single file) and the motion
         modules from ``motion`` (official ``model_*.pth`` files / converted safetensors).
         ``vae_dtype`` defaults to ``dtype``; fp32 avoids the SD VAE's rare fp16 overflow."""
-        from ..checkpoints import load_sd_components  # noqa: PLC0415 - heavy, only when loading
-        from ..models import load_video_unet  # noqa: PLC0415
+        from ..checkpoints.base import load_sd_components  # noqa: PLC0415 - heavy, only when loading
+        from ..models import video_unet_from_unet2d  # noqa: PLC0415
 
-        parts = load_sd_components(base, components=("vae", "text_encoder", "tokenizer"), tokenizer=tokenizer,
-                                   device="cpu" if offload else device, dtype=dtype)
+        parts = load_sd_components(base, tokenizer=tokenizer, device="cpu" if offload else device, dtype=dtype)
         if vae_dtype is not None:
             parts.vae.to(vae_dtype)
-        unet = load_video_unet(base, motion, device=device, dtype=dtype, tokenizer=tokenizer)
+        unet = video_unet_from_unet2d(parts.unet, motion, device=device)  # already in dtype
         return cls(parts.vae, parts.text_encoder, parts.tokenizer, unet, device=device, offload=offload,
                    vae_chunk=vae_chunk)
 
