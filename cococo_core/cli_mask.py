@@ -1,7 +1,8 @@
 """``python -m cococo_core mask``: per-frame masks of a video from a text phrase (GroundingDINO + SAM).
 
-Writes a folder of PNG masks (``00000.png``..., white = masked; lossless, what ``inpaint --mask`` reads best) or,
-when ``--out`` ends in .mp4/.gif/.webm, a mask video. ``--preview`` writes the frames with the masks and boxes drawn.
+Reads and writes with :mod:`cococo_core.video_io`: ``--out`` is a folder of PNG masks (white = masked; lossless, what
+``inpaint --mask`` reads best) for a path without suffix, else a mask video (.mp4/.webm/.gif). ``--preview`` writes
+the frames with the masks and boxes drawn.
 """
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".mkv", ".avi")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .masks.detect import DEFAULT_BOX_THRESHOLD, DEFAULT_TEXT_THRESHOLD
@@ -23,16 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = MaskOptions()
     io = parser.add_argument_group("input and output")
     io.add_argument("--video", required=True, metavar="PATH",
-                    help="input video file (.mp4, .gif, ...) or a folder of frames (PNG/JPG, sorted by name)")
+                    help="input video (.mp4, .webm, .gif, ...), a folder of frames (natural order), a glob "
+                         "pattern such as 'frames/*.png', or one image")
     io.add_argument("--text", required=True,
                     help='what to mask; several things as "cat . dog" (lower-cased, each phrase ended by " .")')
     io.add_argument("--out", required=True, metavar="PATH",
-                    help="output: a folder of PNG masks (white = masked), or a .mp4/.gif/.webm mask video")
+                    help="output: a folder (no suffix) of PNG masks, white = masked, or a .mp4/.webm/.gif mask video")
     io.add_argument("--preview", metavar="PATH",
                     help="also write the frames with masks and boxes drawn (folder of PNGs or a video file)")
     io.add_argument("--fps", type=float, default=None,
                     help="frame rate of written videos (default: the input's, or 8 for a folder of frames)")
-    io.add_argument("--max-frames", type=int, default=None, metavar="N", help="use only the first N frames")
+    io.add_argument("--start", type=int, default=0, metavar="N", help="skip the first N frames of the input (default 0)")
+    io.add_argument("--stride", type=int, default=1, metavar="N",
+                    help="use every N-th frame of the input (default 1), as inpaint --stride does")
+    io.add_argument("--max-frames", type=int, default=None, metavar="N", help="use at most N frames")
     models = parser.add_argument_group("models")
     models.add_argument("--detector", required=True, metavar="PATH",
                         help="GroundingDINO: a Hugging Face folder (e.g. grounding-dino-tiny) or an original "
@@ -72,67 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "faster; frames too small for its 900 queries are enlarged)")
 
 
-def _read_frames(path: Path, max_frames: int | None):
-    """((F, H, W, 3) float tensor in [0, 1], fps or None) from a video file or a folder of images."""
-    import numpy as np
-    import torch
-
-    if not path.exists():
-        raise FileNotFoundError(f"--video not found: {path}")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_frames]
-        if not files:
-            raise ValueError(f"--video folder {path} holds no frames ({', '.join(IMAGE_SUFFIXES)})")
-        from PIL import Image
-
-        arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-        if len({a.shape for a in arrays}) != 1:
-            raise ValueError(f"--video folder {path}: the frames differ in size")
-        fps = None
-    else:
-        import imageio.v2 as imageio
-
-        reader = imageio.get_reader(str(path))
-        try:
-            fps = reader.get_meta_data().get("fps")
-            arrays = []
-            for frame in reader:
-                arrays.append(np.asarray(frame)[..., :3])
-                if max_frames and len(arrays) >= max_frames:
-                    break
-        finally:
-            reader.close()
-        if not arrays:
-            raise ValueError(f"--video {path} holds no frames")
-    return torch.from_numpy(np.stack(arrays)).float() / 255.0, fps
-
-
-def _write_frames(images, path: Path, fps: float) -> None:
-    """Write (F, H, W) or (F, H, W, 3) floats in [0, 1] as a PNG folder or a video file (by suffix)."""
-    import numpy as np
-    import torch
-
-    data = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        import imageio.v2 as imageio
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if data.ndim == 3:
-            data = np.repeat(data[..., None], 3, axis=-1)
-        options = {"duration": 1000 / fps} if path.suffix.lower() == ".gif" else {"fps": fps, "macro_block_size": 1}
-        imageio.mimwrite(str(path), list(data), **options)
-        return
-    from PIL import Image
-
-    path.mkdir(parents=True, exist_ok=True)
-    for index, frame in enumerate(data):
-        Image.fromarray(frame).save(path / f"{index:05d}.png")
-
-
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from .masks.loading import load_detector, load_segmenter
     from .masks.preview import draw_preview
     from .masks.text_masks import MaskOptions, masks_from_text
+    from .video_io import check_output, read_frames, write_video
 
     options = MaskOptions(
         box_threshold=args.box_threshold, text_threshold=args.text_threshold, detect_every=args.detect_every,
@@ -143,8 +91,14 @@ def run(args: argparse.Namespace) -> int:
     options.validate()
     if not args.box_mode and not args.segmenter:
         raise ValueError("--segmenter is required (a SAM folder or sam_vit_*.pth) unless --box-mode is given")
-    frames, fps = _read_frames(Path(args.video), args.max_frames)
-    fps = args.fps or fps or 8.0
+    if not Path(args.video).exists() and not any(ch in str(args.video) for ch in "*?["):
+        raise FileNotFoundError(f"--video not found: {args.video}")
+    clip = read_frames(args.video, start=args.start, stride=args.stride, max_frames=args.max_frames)
+    fps = args.fps or clip.fps or 8.0
+    check_output(args.out, fps)
+    if args.preview:
+        check_output(args.preview, fps)
+    frames = torch.from_numpy(clip.frames)
     detector = load_detector(args.detector, bert=args.bert, config=args.detector_config, device=args.device)
     segmenter = None if args.box_mode else load_segmenter(args.segmenter, device=args.device)
     log.info("detector %s, segmenter %s, %d frames %dx%d", detector.variant,
@@ -155,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("masks: %d/%d frames (%.1f s)", done, total, time.perf_counter() - started)
 
     result = masks_from_text(frames, args.text, detector, segmenter, options, callback=progress)
-    _write_frames(result.masks, Path(args.out), fps)
+    write_video(args.out, result.masks[..., None].expand(-1, -1, -1, 3), fps)
     if args.preview:
-        _write_frames(draw_preview(frames, result), Path(args.preview), fps)
+        write_video(args.preview, draw_preview(frames, result), fps)
     empty = sum(1 for boxes in result.boxes if boxes.shape[0] == 0)
     print(f"wrote {args.out}: {frames.shape[0]} masks, {empty} frames without a detection, "
           f"mean coverage {float(result.masks.mean()):.3f}")
