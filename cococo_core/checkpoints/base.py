@@ -176,6 +176,8 @@ def _file_state(path: Path, components, use_ema: bool, require_in_channels, call
     builders = {"unet": unet_config_from_shapes, "vae": vae_config_from_shapes, "text_encoder": clip_config_from_shapes}
     tensors = {c: converted.components[c] for c in components}
     configs = {c: builders[c](tensors[c]) for c in components}
+    if converted.ignored:
+        log.debug("%s: not model weights, left out: %s", path.name, ", ".join(converted.ignored))
     report(callback, 2, 2)
     return SDState(tensors, configs, info, used_ema, converted.ignored)
 
