@@ -205,6 +205,10 @@ def test_diffusers_folder_inputs_equal_single_files(files, tmp_path):
     from_files, _ = sample(files, alpha=0.6, beta=1.4)
     assert set(from_folders) == set(from_files)
     assert all(torch.equal(from_folders[k], from_files[k]) for k in from_files)
+    scheduler = folder_base / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(scheduler.read_text().replace('"epsilon"', '"v_prediction"'))
+    with pytest.raises(ValueError, match="v-prediction"):
+        sample(files, personal=folder_base)
 
 
 def test_no_base_needed_only_at_alpha_one_without_personal(files, tmp_path):

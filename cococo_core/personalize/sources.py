@@ -12,6 +12,7 @@ folder (``unet/``, ``text_encoder/``, ``vae/`` sub-folders), in-memory modules o
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,8 @@ def _single_file(path: Path, *, use_ema: bool) -> ModelSource:
             ignored[key] = str(error)
             continue
         if target is None:
-            ignored[key] = "not a model weight (buffer or marker); never merged"
+            ignored[key] = ("CLIP position_ids buffer; never merged (the output gets a fresh one)"
+                            if key.endswith("position_ids") else "not a model weight (buffer or marker); never merged")
             continue
         file_key = key
         if use_ema and target.component == "unet":
@@ -211,10 +213,19 @@ def _diffusers_folder(path: Path) -> ModelSource:
             else:
                 mapping[name] = (key, None)
         components[component] = MappedSource(reader, mapping)
+    metadata = {}
+    scheduler = path / "scheduler" / "scheduler_config.json"
+    if scheduler.is_file():
+        try:
+            prediction = json.loads(scheduler.read_text(encoding="utf-8")).get("prediction_type")
+        except (OSError, ValueError, AttributeError):
+            prediction = None
+        if isinstance(prediction, str):
+            metadata["prediction_type"] = prediction
     if "unet" not in components:
         raise FileNotFoundError(f"{path}: is a folder but has no unet/diffusion_pytorch_model.safetensors (or .bin); "
                                 "expected a diffusers Stable Diffusion folder or a single-file checkpoint")
-    return ModelSource(str(path), components, "diffusers", ignored, {}, [], readers)
+    return ModelSource(str(path), components, "diffusers", ignored, metadata, [], readers)
 
 
 def open_model(source, *, use_ema: bool = False) -> ModelSource:
