@@ -148,3 +148,24 @@ def test_bad_arguments_are_explained(clip, kwargs, message):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):
         tiny_pipeline()(**arguments)
+
+
+def test_vae_chunk_size_does_not_change_the_result(clip):
+    video, mask = clip
+    options = dict(num_inference_steps=1, seed=3, paste_back=False)
+    one = tiny_pipeline(vae_chunk=1)(video, mask, "a", **options)
+    all_frames = tiny_pipeline(vae_chunk=8)(video, mask, "a", **options)
+    torch.testing.assert_close(one, all_frames, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_run(clip, dtype):
+    import copy
+
+    video, mask = clip
+    vae, text_encoder, tokenizer, unet = (copy.deepcopy(part) for part in tiny_parts())
+    from cococo_core.pipeline import CoCoCoPipeline
+
+    pipe = CoCoCoPipeline(vae.to(dtype), text_encoder.to(dtype), tokenizer, unet.to(dtype))
+    out = pipe(video[:2], mask[:2], "a", num_inference_steps=1)
+    assert out.dtype == torch.float32 and out.shape == (2, HEIGHT, WIDTH, 3) and torch.isfinite(out).all()
