@@ -180,3 +180,22 @@ def test_bert_folder_can_be_given_explicitly(tmp_path, dino_files):
     loaded = load_detector(original, bert=elsewhere, config=original.parent / "GroundingDINO_Tiny_OGC.py")
     assert loaded.model.config.encoder_attention_heads == 2
     assert loaded.model.model.special_tokens.tolist() == [101, 102, 1012, 1029]
+
+
+def test_swin_names_follow_transformers_4_when_the_model_uses_them(dino_files):
+    _, original, model = dino_files
+    converted = convert_dino.convert_grounding_dino_state_dict(read_checkpoint(original))
+    assert convert_dino.match_model_naming(converted, model.state_dict()) is converted  # transformers 5: as is
+    v4 = convert_dino.match_model_naming(converted, {"model.backbone.conv_encoder.model.embeddings.norm.weight"})
+    prefix = "model.backbone.conv_encoder.model."
+    block = prefix + "encoder.layers.0.blocks.1."
+    for name in ("attention.self.query.weight", "attention.self.key.bias", "attention.self.value.weight",
+                 "attention.output.dense.weight", "attention.self.relative_position_bias_table",
+                 "intermediate.dense.weight", "output.dense.bias", "layernorm_before.weight", "layernorm_after.bias"):
+        assert block + name in v4, name
+    for name in ("embeddings.patch_embeddings.projection.weight", "embeddings.norm.bias",
+                 "encoder.layers.0.downsample.reduction.weight", "hidden_states_norms.stage2.weight"):
+        assert prefix + name in v4, name
+    assert not any(".swin." in k for k in v4)
+    outside = {k for k in converted if not k.startswith(prefix)}
+    assert outside <= set(v4) and len(v4) == len(converted)

@@ -186,6 +186,34 @@ def convert_grounding_dino_state_dict(state: Mapping[str, torch.Tensor]) -> dict
     return converted
 
 
+# transformers 4.x named the Swin backbone's modules differently (no ``swin.`` level, BERT-style attention names).
+_SWIN_V4 = [
+    (re.compile(r"^model\.backbone\.conv_encoder\.model\.swin\."), "model.backbone.conv_encoder.model."),
+    (re.compile(r"\.attention\.q_proj\."), ".attention.self.query."),
+    (re.compile(r"\.attention\.k_proj\."), ".attention.self.key."),
+    (re.compile(r"\.attention\.v_proj\."), ".attention.self.value."),
+    (re.compile(r"\.attention\.o_proj\."), ".attention.output.dense."),
+    (re.compile(r"\.attention\.relative_position_bias\.relative_position_bias_table$"),
+     ".attention.self.relative_position_bias_table"),
+    (re.compile(r"(\.blocks\.\d+)\.mlp\.fc1\."), r"\1.intermediate.dense."),
+    (re.compile(r"(\.blocks\.\d+)\.mlp\.fc2\."), r"\1.output.dense."),
+]
+
+
+def match_model_naming(state: dict[str, torch.Tensor], model_keys) -> dict[str, torch.Tensor]:
+    """Rename converted Swin keys to transformers 4.x names when ``model_keys`` use them (else unchanged)."""
+    model_keys = set(model_keys)
+    if any(".conv_encoder.model.swin." in k for k in model_keys):
+        return state
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith(_SWIN):
+            for pattern, replacement in _SWIN_V4:
+                key = pattern.sub(replacement, key)
+        renamed[key] = value
+    return renamed
+
+
 def read_original_config(path: str | Path) -> dict:
     """Literal assignments (``nheads = 8``) of an original ``GroundingDINO_*.py`` config file.
 

@@ -99,9 +99,15 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
                unused: tuple[str, ...] = ()) -> None:
     """load_state_dict that fails loudly: every model tensor must come from the file and every file tensor be used.
 
-    ``unused``: model tensors the forward pass never reads (they keep their initial values).
+    ``unused``: model tensors the forward pass never reads (they keep their initial values). Buffers the model
+    computes itself (index tables) are taken from the model when the file does not have them.
     """
-    expected = {key for key in model.state_dict() if not key.startswith(unused)}
+    own = model.state_dict()
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    state = dict(state)
+    for name in own.keys() - parameters - state.keys():
+        state[name] = own[name]
+    expected = {key for key in own if not key.startswith(unused)}
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
@@ -208,7 +214,8 @@ def load_detector(path: str | os.PathLike, *, bert: str | os.PathLike | None = N
         log.info("GroundingDINO: using the original config %s", config_file)
     hf_config = convert_dino.grounding_dino_config_from_state_dict(state, original, _bert_config(bert_folder))
     model = GroundingDinoForObjectDetection(hf_config)
-    _load_into(model, convert_dino.convert_grounding_dino_state_dict(state), path, "GroundingDINO",
-               unused=convert_dino.UNUSED_TARGETS)
+    converted = convert_dino.match_model_naming(convert_dino.convert_grounding_dino_state_dict(state),
+                                                model.state_dict())
+    _load_into(model, converted, path, "GroundingDINO", unused=convert_dino.UNUSED_TARGETS)
     tokenizer = _load_tokenizer(bert_folder)
     return Detector(_finish(model, device, dtype), tokenizer, convert_dino.grounding_dino_variant(hf_config), str(path))
