@@ -31,6 +31,8 @@ _EXPORTS = {
     "load_sd_components": ".base",
     "load_sd_state": ".base",
     "load_tokenizer": ".base",
+    "SDStream": ".stream",
+    "open_sd": ".stream",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,7 +27,7 @@ from ..hooks import CancelCheck, StepCallback, check_cancelled, report
 from .configs import clip_config_from_shapes, unet_config_from_shapes, vae_config_from_shapes
 from .detect import CheckpointInfo, detect_folder, detect_state, require_sd1
 from .ldm_keys import COMPONENTS, SDKeyMap, ema_key, ldm_to_diffusers, normalize_vae_key
-from .safe_load import CheckpointError, load_state_dict, open_state, read_metadata
+from .safe_load import CheckpointError, load_state_dict, open_state
 
 log = logging.getLogger(__name__)
 
@@ -74,30 +74,35 @@ def _check_components(components: Sequence[str], allowed: Sequence[str]) -> None
 
 
 # ----------------------------------------------------------------------------------------------- folders
-def _component_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
-    sub = folder / component
+def weight_files(folder: Path, component: str) -> list[Path]:
+    """The weights file of a diffusers component folder (``.safetensors`` before ``.bin``), or its shards."""
+    sub = Path(folder) / component
     for stem in _WEIGHT_FILES[component]:
         for suffix in (".safetensors", ".bin"):
             single = sub / (stem + suffix)
             if single.is_file():
-                return load_state_dict(single)
+                return [single]
             index = sub / (stem + suffix + ".index.json")
             if index.is_file():
-                return _sharded(index)
+                return _shards(index)
     names = ", ".join(s + x for s in _WEIGHT_FILES[component] for x in (".safetensors", ".bin"))
     raise FileNotFoundError(f"{sub}: no weights file found (expected one of {names})")
 
 
-def _sharded(index: Path) -> dict[str, torch.Tensor]:
+def _shards(index: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, ValueError, KeyError) as error:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError) as error:
         raise CheckpointError(f"{index}: not a valid shard index ({error})") from None
+    if any(Path(shard).name != shard for shard in shards):
+        raise CheckpointError(f"{index}: shard names must be plain file names in the same folder")
+    return [index.parent / shard for shard in shards]
+
+
+def _component_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        if Path(shard).name != shard:
-            raise CheckpointError(f"{index}: shard name {shard!r} must be a plain file name")
-        state.update(load_state_dict(index.parent / shard))
+    for path in weight_files(folder, component):
+        state.update(load_state_dict(path))
     return state
 
 
@@ -133,23 +138,23 @@ def _folder_state(folder: Path, components, require_in_channels, callback, cance
 
 
 # ----------------------------------------------------------------------------------------------- single files
-def _select_ema(state: dict[str, torch.Tensor], info: CheckpointInfo, use_ema: bool) -> bool:
+def ema_substitutions(keys, info: CheckpointInfo, use_ema: bool) -> dict[str, str]:
+    """``{U-Net key: its model_ema.* name}`` when the EMA weights are to be used, else ``{}``."""
     if not info.has_ema:
         if use_ema:
             raise CheckpointError(f"{info.name}: EMA weights were asked for but the file has no model_ema.* copy "
                                   "(its U-Net weights are used as they are; 'emaonly' files store EMA weights there)")
-        return False
+        return {}
     if not use_ema:
         log.info("%s: has EMA weights; using the non-EMA U-Net weights (ask for EMA to use them)", info.name)
-        return False
-    unet_keys = [k for k in state if k.startswith("model.diffusion_model.")]
-    missing = [k for k in unet_keys if ema_key(k) not in state]
+        return {}
+    keys = set(keys)
+    unet_keys = [k for k in keys if k.startswith("model.diffusion_model.")]
+    missing = [k for k in unet_keys if ema_key(k) not in keys]
     if missing:
         raise CheckpointError(f"{info.name}: the EMA copy lacks {len(missing)} U-Net tensors, e.g. {missing[:3]}")
-    for key in unet_keys:
-        state[key] = state[ema_key(key)]
     log.info("%s: using the EMA U-Net weights", info.name)
-    return True
+    return {k: ema_key(k) for k in unet_keys}
 
 
 def _file_state(path: Path, components, use_ema: bool, require_in_channels, callback, cancel) -> SDState:
@@ -159,7 +164,10 @@ def _file_state(path: Path, components, use_ema: bool, require_in_channels, call
     check_cancelled(cancel)
     state = dict(load_state_dict(path))
     report(callback, 1, 2)
-    used_ema = _select_ema(state, info, use_ema)
+    substitute = ema_substitutions(state, info, use_ema)
+    for key, source in substitute.items():
+        state[key] = state[source]
+    used_ema = bool(substitute)
     wanted_prefix = {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model."}
     state = {k: v for k, v in state.items()
              if not any(k.startswith(wanted_prefix[c]) for c in MODEL_COMPONENTS if c not in components)}
