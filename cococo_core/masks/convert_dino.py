@@ -27,6 +27,8 @@ from typing import Mapping
 
 import torch
 
+from .convert_sam import count_indexed
+
 log = logging.getLogger(__name__)
 
 _SWIN = "model.backbone.conv_encoder.model.swin."
@@ -230,19 +232,13 @@ def read_original_config(path: str | Path) -> dict:
     return values
 
 
-def _count(keys, pattern: str) -> int:
-    regex = re.compile(pattern)
-    found = {int(m.group(1)) for k in keys if (m := regex.match(k))}
-    return max(found) + 1 if found else 0
-
-
 def _swin_config(state: Mapping[str, torch.Tensor]):
     from transformers import SwinConfig
 
     keys = list(state)
     embed = state["backbone.0.patch_embed.proj.weight"]
-    stages = _count(keys, r"^backbone\.0\.layers\.(\d+)\.")
-    depths = [_count(keys, rf"^backbone\.0\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages)]
+    stages = count_indexed(keys, r"^backbone\.0\.layers\.(\d+)\.")
+    depths = [count_indexed(keys, rf"^backbone\.0\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages)]
     tables = [state[f"backbone.0.layers.{s}.blocks.0.attn.relative_position_bias_table"] for s in range(stages)]
     window = (round(tables[0].shape[0] ** 0.5) + 1) // 2
     out_norms = sorted(int(m.group(1)) for k in keys if (m := _STAGE_NORM.match(k)) and m.group(2) == "weight")
@@ -266,7 +262,7 @@ def _bert_config(state: Mapping[str, torch.Tensor], text_config=None):
     inferred = dict(
         vocab_size=words.shape[0],
         hidden_size=words.shape[1],
-        num_hidden_layers=_count(keys, r"^bert\.encoder\.layer\.(\d+)\."),
+        num_hidden_layers=count_indexed(keys, r"^bert\.encoder\.layer\.(\d+)\."),
         intermediate_size=state["bert.encoder.layer.0.intermediate.dense.weight"].shape[0],
         max_position_embeddings=state["bert.embeddings.position_embeddings.weight"].shape[0],
         type_vocab_size=state["bert.embeddings.token_type_embeddings.weight"].shape[0],
@@ -303,8 +299,8 @@ def grounding_dino_config_from_state_dict(state: Mapping[str, torch.Tensor], ori
         text_config=_bert_config(state, text_config),
         d_model=d_model,
         num_queries=state["transformer.tgt_embed.weight"].shape[0],
-        encoder_layers=_count(keys, r"^transformer\.encoder\.layers\.(\d+)\."),
-        decoder_layers=_count(keys, r"^transformer\.decoder\.layers\.(\d+)\."),
+        encoder_layers=count_indexed(keys, r"^transformer\.encoder\.layers\.(\d+)\."),
+        decoder_layers=count_indexed(keys, r"^transformer\.decoder\.layers\.(\d+)\."),
         encoder_ffn_dim=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
         decoder_ffn_dim=state["transformer.decoder.layers.0.linear1.weight"].shape[0],
         encoder_attention_heads=heads,

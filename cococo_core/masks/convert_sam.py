@@ -94,7 +94,8 @@ def convert_sam_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     return converted
 
 
-def _count(keys, pattern: str) -> int:
+def count_indexed(keys, pattern: str) -> int:
+    """1 + the largest index captured by ``pattern``'s first group among ``keys`` (0 when none matches)."""
     regex = re.compile(pattern)
     found = {int(m.group(1)) for k in keys if (m := regex.match(k))}
     return max(found) + 1 if found else 0
@@ -113,7 +114,7 @@ def sam_config_from_state_dict(state: Mapping[str, torch.Tensor]):
     patch = state["image_encoder.patch_embed.proj.weight"]
     hidden, patch_size = patch.shape[0], patch.shape[-1]
     grid = state["image_encoder.pos_embed"].shape[1]
-    layers = _count(keys, r"^image_encoder\.blocks\.(\d+)\.")
+    layers = count_indexed(keys, r"^image_encoder\.blocks\.(\d+)\.")
     rel_lengths = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] for i in range(layers)]
     head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
     global_layers = [i for i, length in enumerate(rel_lengths) if length == 2 * grid - 1]
@@ -137,17 +138,17 @@ def sam_config_from_state_dict(state: Mapping[str, torch.Tensor]):
         image_size=grid * patch_size,
         patch_size=patch_size,
         mask_input_channels=state["prompt_encoder.mask_downscaling.3.weight"].shape[0],
-        num_point_embeddings=_count(keys, r"^prompt_encoder\.point_embeddings\.(\d+)\."),
+        num_point_embeddings=count_indexed(keys, r"^prompt_encoder\.point_embeddings\.(\d+)\."),
     )
     decoder_hidden = state["mask_decoder.iou_token.weight"].shape[1]
     cross_dim = state["mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"].shape[0]
     decoder = SamMaskDecoderConfig(
         hidden_size=decoder_hidden,
         mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
-        num_hidden_layers=_count(keys, r"^mask_decoder\.transformer\.layers\.(\d+)\."),
+        num_hidden_layers=count_indexed(keys, r"^mask_decoder\.transformer\.layers\.(\d+)\."),
         attention_downsample_rate=decoder_hidden // cross_dim,
         num_multimask_outputs=state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
-        iou_head_depth=_count(keys, r"^mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
+        iou_head_depth=count_indexed(keys, r"^mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
         iou_head_hidden_dim=state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
     )
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
