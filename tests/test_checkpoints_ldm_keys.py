@@ -130,3 +130,32 @@ def test_unknown_and_ignored_keys_are_reported():
 
 def test_ema_key_flattening():
     assert ema_key("model.diffusion_model.input_blocks.0.0.weight") == "model_ema.diffusion_modelinput_blocks00weight"
+
+
+def test_full_size_sd15_layout_on_meta_device():
+    """Real SD-1.5-inpainting shapes (meta tensors, no memory): 686 / 248 / 197 single-file tensors as in real
+    files, and diffusers' converter maps our single-file names back to the same modules."""
+    single_file_utils = pytest.importorskip("diffusers.loaders.single_file_utils")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae_config = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                      down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(in_channels=9, cross_attention_dim=768, attention_head_dim=8)
+        vae = AutoencoderKL(**vae_config)
+        clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                            num_hidden_layers=12, projection_dim=768))
+    components = {"unet": unet.state_dict(), "vae": vae.state_dict(),
+                  "text_encoder": {k.removeprefix("text_model."): v for k, v in clip.state_dict().items()}}
+    ldm = diffusers_to_ldm(components)
+    counts = [sum(k.startswith(p) for k in ldm) for p in ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")]
+    assert counts == [686, 248, 197] and len(ldm) == 1131
+    assert ldm["model.diffusion_model.input_blocks.0.0.weight"].shape == (320, 9, 3, 3)
+    assert "model.diffusion_model.input_blocks.4.0.skip_connection.weight" in ldm
+    theirs_unet = single_file_utils.convert_ldm_unet_checkpoint(dict(ldm), dict(unet.config))
+    theirs_vae = single_file_utils.convert_ldm_vae_checkpoint(dict(ldm), dict(vae.config))
+    ours = ldm_to_diffusers(ldm).components
+    for theirs, name in ((theirs_unet, "unet"), (theirs_vae, "vae")):
+        assert set(theirs) == set(ours[name]) == set(components[name])
+        assert all(theirs[k].shape == ours[name][k].shape == components[name][k].shape for k in theirs)
