@@ -29,22 +29,22 @@ def video_unet_from_unet2d(unet: nn.Module, motion, *, device=None, dtype=None) 
     return video_unet
 
 
-def load_video_unet(base, motion, *, device=None, dtype=None, tokenizer=None) -> VideoUNet:
+def load_video_unet(base, motion, *, device=None, dtype=None, tokenizer=None, callback=None, cancel=None) -> VideoUNet:
     """The CoCoCo video U-Net from an SD-1.x-inpainting ``base`` and CoCoCo ``motion`` weights.
 
     ``base``: a diffusers folder (``unet/`` …), a single-file LDM checkpoint (.safetensors; .ckpt read with
     ``weights_only=True``), or an already loaded ``UNet2DConditionModel``. ``motion``: see
     :func:`video_unet_from_unet2d`. Returns a module called as ``unet(sample (B,9,F,h,w), timestep,
-    encoder_hidden_states (B,77,D)) -> (B,4,F,h,w)``.
+    encoder_hidden_states (B,77,D)) -> (B,4,F,h,w)``. ``callback``/``cancel``: progress hooks of the base loading.
     """
     if isinstance(base, nn.Module):
         return video_unet_from_unet2d(base, motion, device=device, dtype=dtype)
     if not isinstance(base, (str, os.PathLike)):
         raise TypeError(f"base must be a path or a UNet2DConditionModel, got {type(base).__name__}")
-    from ..checkpoints import load_sd_components  # noqa: PLC0415 - imports diffusers
+    from ..checkpoints.base import load_sd_components  # noqa: PLC0415 - imports diffusers
 
-    kwargs = {"tokenizer": tokenizer} if tokenizer is not None else {}
     components = load_sd_components(
-        base, components=("unet",), require_in_channels=9, device=device, dtype=dtype, **kwargs
+        base, components=("unet",), tokenizer=tokenizer, require_in_channels=9, device=device, dtype=dtype,
+        callback=callback, cancel=cancel,
     )
     return video_unet_from_unet2d(components.unet, motion)
