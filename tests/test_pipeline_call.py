@@ -139,6 +139,10 @@ def test_offload_keeps_encoders_on_the_cpu(clip):
     (dict(posterior="mode"), "posterior must be"),
     (dict(prompt=3), "must be strings"),
     (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(mask_dilate=-1), "mask_dilate"),
+    (dict(paste_feather=2.5), "paste_feather"),
+    (dict(guidance_scale=float("inf")), "finite"),
+    (dict(width=4), "working width"),
     (dict(mask=np.zeros((FRAMES + 1, HEIGHT, WIDTH), np.uint8) + 1), "mask has 5 frames"),
     (dict(video=np.zeros((FRAMES, HEIGHT, WIDTH, 3), np.float32) - 1), r"\[0, 1\]"),
 ])

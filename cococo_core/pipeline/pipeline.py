@@ -122,6 +122,9 @@ class CoCoCoPipeline:
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt and negative_prompt must be strings")
         ddim_schedule(num_inference_steps)  # check the step count before any work
+        for name, value in (("mask_dilate", mask_dilate), ("paste_dilate", paste_dilate), ("paste_feather", paste_feather)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}")
         if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
         original = as_video(video)
