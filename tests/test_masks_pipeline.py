@@ -98,8 +98,11 @@ def test_sam_masks_stay_inside_their_boxes_neighbourhood_and_union(models, clip,
 
 def test_box_mode_and_empty_frames_with_real_models(models, clip):
     detector, _ = models["original"]
-    result = masks_from_text(clip, "dog", detector, None, MaskOptions(box_mode=True, **OPTIONS))
+    as_uint8 = (clip * 255).round().to(torch.uint8)
+    result = masks_from_text(as_uint8, "dog", detector, None, MaskOptions(box_mode=True, **OPTIONS))
     assert all(b.shape[0] > 0 for b in result.boxes)
+    same = masks_from_text(as_uint8.float() / 255, "dog", detector, None, MaskOptions(box_mode=True, **OPTIONS))
+    assert torch.equal(result.masks, same.masks)  # uint8 frames are converted chunk by chunk
     nothing = masks_from_text(clip, "dog", detector, None, MaskOptions(box_mode=True, **{**OPTIONS,
                                                                                           "box_threshold": 1.0}))
     assert nothing.masks.sum() == 0 and all(b.shape[0] == 0 for b in nothing.boxes)

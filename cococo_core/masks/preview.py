@@ -15,9 +15,9 @@ def draw_preview(frames: torch.Tensor, result, *, alpha: float = 0.5, line: int 
     ``result`` is a :class:`~.text_masks.TextMaskResult` for these frames; boxes carried over from an earlier
     frame (``detect_every > 1``) are drawn thinner than detected ones.
     """
-    from .text_masks import as_frames
+    from .text_masks import as_float, as_frames
 
-    frames = as_frames(frames)
+    frames = as_float(as_frames(frames))
     if frames.shape[:3] != result.masks.shape:
         raise ValueError(f"preview: frames {tuple(frames.shape[:3])} and masks {tuple(result.masks.shape)} differ")
     color = torch.tensor(MASK_COLOR).view(1, 1, 1, 3)

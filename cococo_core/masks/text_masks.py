@@ -67,16 +67,20 @@ class TextMaskResult:
 
 
 def as_frames(frames) -> torch.Tensor:
-    """(F, H, W, 3) float [0, 1] from a float tensor, a uint8 tensor/array, or a single (H, W, 3) image."""
+    """(F, H, W, 3) tensor (uint8 or float, not copied) from a tensor/array of frames or a single (H, W, 3) image."""
     x = torch.as_tensor(frames)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[-1] not in (3, 4):
         raise ValueError(f"frames must be (F, H, W, 3) images, got shape {tuple(x.shape)}")
-    x = x[..., :3]
-    if x.dtype == torch.uint8:
-        return x.float() / 255.0
-    return x.float().clamp(0, 1)
+    return x[..., :3]
+
+
+def as_float(frames: torch.Tensor) -> torch.Tensor:
+    """Frames as float in [0, 1] (uint8 is divided by 255); done per chunk so a long uint8 clip stays uint8."""
+    if frames.dtype == torch.uint8:
+        return frames.float() / 255.0
+    return frames.float().clamp(0, 1)
 
 
 def _model_device(model) -> tuple[torch.device, torch.dtype]:
@@ -131,15 +135,14 @@ def masks_from_text(frames, text: str, detector, segmenter=None, options: MaskOp
     prompt = dino.encode_prompt(detector.tokenizer, text, detector.model.config.max_text_len)
     size = dino.detection_size(height, width, detector.model.config, options.detection_short_side,
                                options.detection_max_side)
-    if size[0] < height or size[1] < width:
-        log.debug("detection at %dx%d for %dx%d frames", size[1], size[0], width, height)
+    log.debug("detection at %dx%d for %dx%d frames", size[1], size[0], width, height)
     result = TextMaskResult(torch.zeros(count, height, width), phrases=prompt.phrases)
     carried = dino.FrameDetections.empty()
     once = dino.text_encoded_once(detector.model) if options.encode_text_once else nullcontext()
     with once:
         for start in range(0, count, options.chunk_size):
             check_cancelled(cancel)
-            chunk = frames[start:start + options.chunk_size]
+            chunk = as_float(frames[start:start + options.chunk_size])
             wanted = [i for i in range(chunk.shape[0]) if (start + i) % options.detect_every == 0]
             found = _detect_chunk(detector, chunk[wanted], prompt, size, options) if wanted else []
             detections = []
