@@ -173,3 +173,15 @@ def test_half_precision_models_run(clip, dtype):
     pipe = CoCoCoPipeline(vae.to(dtype), text_encoder.to(dtype), tokenizer, unet.to(dtype))
     out = pipe(video[:2], mask[:2], "a", num_inference_steps=1)
     assert out.dtype == torch.float32 and out.shape == (2, HEIGHT, WIDTH, 3) and torch.isfinite(out).all()
+
+
+def test_noise_comes_from_one_cpu_generator_in_a_fixed_order():
+    from cococo_core.pipeline.pipeline import draw_noise
+
+    noise, posterior = draw_noise(5, 3, (4, 6))
+    generator = torch.Generator().manual_seed(5)
+    assert torch.equal(noise, torch.randn((1, 4, 3, 4, 6), generator=generator))
+    assert torch.equal(posterior, torch.randn((3, 4, 4, 6), generator=generator))
+    mean_noise, none = draw_noise(5, 3, (4, 6), sample_posterior=False)
+    assert torch.equal(mean_noise, noise) and none is None
+    assert not torch.equal(draw_noise(None, 3, (4, 6))[0], draw_noise(None, 3, (4, 6))[0])

@@ -115,18 +115,8 @@ class CoCoCoPipeline:
         ``callback(step, total, latents)`` runs after each denoising step; ``cancel()`` is polled throughout.
         An empty mask returns the input as it is, without running any model.
         """
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if posterior not in POSTERIORS:
-            raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
-        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
-            raise ValueError("prompt and negative_prompt must be strings")
-        ddim_schedule(num_inference_steps)  # check the step count before any work
-        for name, value in (("mask_dilate", mask_dilate), ("paste_dilate", paste_dilate), ("paste_feather", paste_feather)):
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}")
-        if not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, output, posterior,
+                       mask_dilate=mask_dilate, paste_dilate=paste_dilate, paste_feather=paste_feather)
         original = as_video(video)
         num_frames, in_h, in_w, _ = original.shape
         holes = as_mask(mask, num_frames, in_h, in_w)
@@ -139,13 +129,8 @@ class CoCoCoPipeline:
         holes_work = to_working(holes[:, None], geometry, binary=bool(((holes == 0) | (holes == 1)).all()))
         latent_hw = geometry.latent_hw
 
-        generator = torch.Generator(noise_device)
-        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**63 - 1, ()).item()))
-        noise = torch.randn((1, 4, num_frames) + latent_hw, generator=generator, device=noise_device)
-        posterior_noise = None
-        if posterior == "sample":
-            posterior_noise = torch.randn((num_frames, 4) + latent_hw, generator=generator, device=noise_device)
-
+        noise, posterior_noise = draw_noise(seed, num_frames, latent_hw, sample_posterior=posterior == "sample",
+                                            device=noise_device)
         check_cancelled(cancel)
         prompt_embeds, negative_embeds = self.encode_prompt(prompt, negative_prompt, guidance_scale=guidance_scale)
         tiled = vae_tiling if vae_tiling is not None else geometry.padded_hw[0] * geometry.padded_hw[1] > TILE_PIXELS
@@ -163,6 +148,33 @@ class CoCoCoPipeline:
             return result
         weights = paste_weights(holes, dilate=paste_dilate, feather=paste_feather)
         return paste_original(_convert(original, output), result, weights)
+
+
+def _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, output, posterior, **pixels):
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+    if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+        raise ValueError("prompt and negative_prompt must be strings")
+    ddim_schedule(num_inference_steps)  # raises for a bad step count
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+    for name, value in pixels.items():
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}")
+
+
+def draw_noise(seed: int | None, num_frames: int, latent_hw: tuple[int, int], *, sample_posterior: bool = True,
+               device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(initial noise (1, 4, F, h, w), VAE posterior noise (F, 4, h, w) or None), in that order from one
+    generator seeded with ``seed`` on ``device`` (None: a random seed)."""
+    generator = torch.Generator(device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**63 - 1, ()).item()))
+    noise = torch.randn((1, 4, num_frames) + tuple(latent_hw), generator=generator, device=device)
+    if not sample_posterior:
+        return noise, None
+    return noise, torch.randn((num_frames, 4) + tuple(latent_hw), generator=generator, device=device)
 
 
 def _to_video_latents(per_frame: torch.Tensor) -> torch.Tensor:
