@@ -217,3 +217,16 @@ def test_no_base_needed_only_at_alpha_one_without_personal(files, tmp_path):
     with pytest.raises(ValueError, match="needs the SD-1.5 base"):
         save_merged(MergeRecipe(inpaint=files["inpaint"], personal=files["personal"]), tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cancelled_save_leaves_no_file_and_progress_counts_every_tensor(files, tmp_path):
+    from cococo_core.hooks import Cancelled
+
+    steps = []
+    with pytest.raises(Cancelled):
+        save_merged(MergeRecipe(inpaint=files["inpaint"], base=files["base"]), tmp_path / "c.safetensors",
+                    callback=lambda s, t, _: steps.append((s, t)), cancel=lambda: len(steps) >= 50)
+    assert len(steps) == 50 and not list(tmp_path.iterdir())
+    steps.clear()
+    save_merged(MergeRecipe(inpaint=files["inpaint"]), tmp_path / "c.safetensors", callback=lambda s, t, _: steps.append((s, t)))
+    assert steps[-1] == (len(load_file(str(files["inpaint"]))),) * 2

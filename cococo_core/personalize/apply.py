@@ -57,7 +57,7 @@ class _OverlaySource(ComponentSource):
         return self._pick(key).dtype
 
     def get(self, key: str) -> torch.Tensor:
-        return self._pick(key).detach()
+        return self._pick(key).detach().to("cpu")
 
 
 class WeightBackup:
@@ -95,13 +95,14 @@ class WeightBackup:
 
 
 def personalize_modules(targets: Mapping[str, Target], recipe: MergeRecipe, *, backup: Optional[WeightBackup] = None,
-                        callback: Optional[StepCallback] = None, cancel: Optional[CancelCheck] = None) -> MergeReport:
+                        device: Union[str, torch.device] = "cpu", callback: Optional[StepCallback] = None,
+                        cancel: Optional[CancelCheck] = None) -> MergeReport:
     """Merge ``recipe`` into ``targets`` (``{"unet"|"text_encoder"|"vae": module or state dict}``) in place.
 
     The originals are ``recipe.inpaint`` (the SD-inpainting files the targets were loaded from) or,
     when it is None, ``backup``'s saved values (the targets' current values the first time). Every
     check (family, shapes, LoRA names) runs before the first weight changes. ``callback(step, total,
-    None)`` after each tensor; ``cancel()`` before each: a cancelled merge leaves the targets partly
+    None)`` after each tensor; ``cancel()`` before each (``device``: where the float32 arithmetic runs): a cancelled merge leaves the targets partly
     merged, and the next merge or :func:`restore_modules` brings them back to a defined state.
     """
     live = _live_tensors(targets)
@@ -110,7 +111,7 @@ def personalize_modules(targets: Mapping[str, Target], recipe: MergeRecipe, *, b
             raise ValueError("give the inpainting model (recipe.inpaint) or a WeightBackup holding the original weights")
         recipe = replace(recipe, inpaint=backup.source(live))
     recipe = replace(recipe, components=tuple(c for c in recipe.components if c in live))
-    with MergePlan(recipe) as plan:
+    with MergePlan(recipe, device=device) as plan:
         work = []
         for component, key in plan.items():
             if is_motion_key(key):

@@ -51,6 +51,14 @@ class LoraModule:
     keys: Dict[str, str] = field(default_factory=dict)  # role -> file key
     default_alpha: Optional[float] = None  # from metadata (PEFT), used when no ".alpha" tensor
 
+    def on(self, device) -> "LoraModule":
+        """The same module with its factors on ``device`` (alpha resolved first, so "meta" works too)."""
+        device = torch.device(device)
+        if all(t.device == device for t in self.tensors.values()):
+            return self
+        return LoraModule(self.name, {r: t.to(device) for r, t in self.tensors.items() if r != "alpha"},
+                          dict(self.keys), default_alpha=self.alpha)
+
     @property
     def alpha(self) -> Optional[float]:
         if "alpha" in self.tensors:

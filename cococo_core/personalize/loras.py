@@ -94,7 +94,7 @@ class LoraStack:
                     for file_key in module.keys.values():
                         unused[file_key] = f"{component} is not being merged"
                     continue
-                _check_family(label, name, key, module, shape_of(component, key), context_width)
+                _check_family(label, name, key, module, context_width)
                 if module.has_weight_delta:
                     _check_fits(label, name, module, shape_of(component, key))
                     stack.entries.setdefault((component, key), []).append(_Entry(module, spec.strength, label, "weight"))
@@ -110,7 +110,8 @@ class LoraStack:
             stack.applied[label] = applied
         return stack
 
-    def delta(self, component: str, key: str, shape: Shape, reference: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
+    def delta(self, component: str, key: str, shape: Shape, reference: Callable[[], torch.Tensor],
+              device: torch.device = torch.device("cpu")) -> Optional[torch.Tensor]:
         """Σ strength · Δ for one weight in float32, or None when no LoRA touches it.
 
         ``reference()`` returns the weight the LoRAs were trained against (only DoRA needs it).
@@ -118,14 +119,15 @@ class LoraStack:
         entries = self.entries.get((component, key))
         if not entries:
             return None
-        total = torch.zeros(shape, dtype=torch.float32)
+        total = torch.zeros(shape, dtype=torch.float32, device=device)
         for entry in entries:
+            module = entry.module.on(device)
             if entry.part == "bias":
-                total += entry.strength * entry.module.bias_delta().reshape(shape)
+                total += entry.strength * module.bias_delta().reshape(shape)
                 continue
-            delta = entry.module.weight_delta(shape)
+            delta = module.weight_delta(shape)
             if entry.module.is_dora:
-                delta = lora_delta.dora(reference(), delta, entry.module.tensors["dora_scale"])
+                delta = lora_delta.dora(reference(), delta, module.tensors["dora_scale"])
             total += entry.strength * delta
         return total
 
@@ -139,7 +141,7 @@ def _load(spec: LoraSpec) -> Tuple[Mapping[str, torch.Tensor], Mapping[str, str]
     return load_state_dict(path), metadata
 
 
-def _check_family(label: str, name: str, key: str, module: LoraModule, shape: Optional[Shape], width: Optional[int]) -> None:
+def _check_family(label: str, name: str, key: str, module: LoraModule, width: Optional[int]) -> None:
     if width is None or not (".attn2.to_k." in key or ".attn2.to_v." in key):
         return
     found = module.input_dim()
@@ -152,8 +154,7 @@ def _check_fits(label: str, name: str, module: LoraModule, shape: Optional[Shape
     """Compute the delta on the meta device (shapes only) so a misfit is reported before any weight changes."""
     if shape is None:
         raise ValueError(f"LoRA {label}: module {name} targets a weight the SD-1.5 base does not have")
-    meta = LoraModule(module.name, {r: t.to("meta") for r, t in module.tensors.items() if r != "alpha"},
-                      dict(module.keys), default_alpha=1.0)
+    meta = module.on("meta")
     try:
         meta.weight_delta(shape)
     except (ValueError, RuntimeError) as error:

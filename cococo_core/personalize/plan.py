@@ -72,7 +72,7 @@ def _pad(tensor: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
     """Zero-pad ``tensor`` along dim 1 to ``shape`` (SD-1.5 conv_in 4 -> 9 input channels)."""
     if tuple(tensor.shape) == tuple(shape):
         return tensor
-    out = torch.zeros(shape, dtype=tensor.dtype)
+    out = torch.zeros(shape, dtype=tensor.dtype, device=tensor.device)
     out[:, : tensor.shape[1]] = tensor
     return out
 
@@ -84,14 +84,15 @@ def _paddable(small: Tuple[int, ...], big: Tuple[int, ...]) -> bool:
 class MergePlan:
     """Checked merge of one recipe; :meth:`compute` returns one merged weight at a time."""
 
-    def __init__(self, recipe: MergeRecipe, *, dtype: Optional[torch.dtype] = None):
+    def __init__(self, recipe: MergeRecipe, *, dtype: Optional[torch.dtype] = None,
+                 device: Union[str, torch.device] = "cpu"):
         for name, value in (("alpha", recipe.alpha), *recipe.betas().items()):
             if not math.isfinite(float(value)):
                 raise ValueError(f"{name} must be a finite number, got {value}")
         unknown = [c for c in recipe.components if c not in COMPONENTS]
         if unknown:
             raise ValueError(f"unknown component(s) {', '.join(unknown)}; expected some of {', '.join(COMPONENTS)}")
-        self.recipe, self.dtype = recipe, dtype
+        self.recipe, self.dtype, self.device = recipe, dtype, torch.device(device)
         self.alpha = float(recipe.alpha)
         self.betas = recipe.betas()
         self._opened: List[ModelSource] = []
@@ -245,13 +246,14 @@ class MergePlan:
         return self.dtype if (self.dtype is not None and found.is_floating_point) else found
 
     def compute(self, component: str, key: str) -> torch.Tensor:
-        """The merged weight (in :meth:`out_dtype`); may be the inpainting model's own tensor when unchanged."""
-        inp = self.inpaint.get(component).get(key)
+        """The merged weight (in :meth:`out_dtype`, on the plan's ``device``, where the arithmetic runs);
+        may be the inpainting model's own tensor when unchanged."""
+        inp = self.inpaint.get(component).get(key).to(self.device)
         tau_shape = self._tau_shapes.get((component, key))
         if tau_shape is None or not inp.is_floating_point():
             return inp.to(self.out_dtype(component, key))
         base_src = self.base.get(component) if self.base else None
-        base = base_src.get(key).to(F32) if base_src is not None and key in base_src else None
+        base = base_src.get(key).to(self.device, F32) if base_src is not None and key in base_src else None
         if base is None or self.alpha == 1.0:
             out = inp.to(F32)
         elif self.alpha == 0.0:
@@ -268,7 +270,7 @@ class MergePlan:
 
     def _tau(self, component, key, shape, base, inp) -> Optional[torch.Tensor]:
         pers_src = self.personal.get(component) if self.personal else None
-        pers = pers_src.get(key).to(F32) if pers_src is not None and key in pers_src else None
+        pers = pers_src.get(key).to(self.device, F32) if pers_src is not None and key in pers_src else None
         tau = pers - base if (pers is not None and base is not None) else None
 
         def reference() -> torch.Tensor:
@@ -278,7 +280,7 @@ class MergePlan:
                 return base
             return inp.to(F32)[:, : shape[1]] if tuple(inp.shape) != tuple(shape) else inp.to(F32)
 
-        delta = self.loras.delta(component, key, shape, reference)
+        delta = self.loras.delta(component, key, shape, reference, device=self.device)
         if delta is not None:
             tau = delta if tau is None else tau + delta
         return tau

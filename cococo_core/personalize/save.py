@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 import torch
 
@@ -34,20 +34,21 @@ def _recipe_metadata(recipe: MergeRecipe, plan: MergePlan) -> dict:
 
 
 def save_merged(recipe: MergeRecipe, path, *, dtype: Optional[torch.dtype] = None,
-                metadata: Optional[Mapping[str, str]] = None, callback: Optional[StepCallback] = None,
-                cancel: Optional[CancelCheck] = None) -> MergeReport:
+                metadata: Optional[Mapping[str, str]] = None, device: Union[str, torch.device] = "cpu",
+                callback: Optional[StepCallback] = None, cancel: Optional[CancelCheck] = None) -> MergeReport:
     """Write θ = θ_base + α·τ_ip + β·τ_p (see :mod:`.plan`) to ``path`` as an LDM single file.
 
     ``dtype``: floating-point dtype of the output (default: each weight's dtype in the inpainting
     model). ``metadata`` is added to the file's ``__metadata__`` (the merge recipe is always recorded
-    under ``cococo.merge``). A cancelled or failed merge leaves no file behind.
+    under ``cococo.merge``); ``device`` is where the float32 arithmetic runs. A cancelled or failed
+    merge leaves no file behind.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: the merged checkpoint is written as .safetensors; give a path ending in .safetensors")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {path.parent}")
-    with MergePlan(recipe, dtype=dtype) as plan:
+    with MergePlan(recipe, dtype=dtype, device=device) as plan:
         key_map = ldm_keys.SDKeyMap.from_diffusers_keys(plan.keys)
         entries, layout = [], []
         for component, key in plan.items():
