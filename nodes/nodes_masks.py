@@ -97,6 +97,9 @@ class CoCoCoMaskFromText:
                                     "neighbouring frames, against flicker (0: off)."}),
                 "feather": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Soft mask edge of about this "
                             "many pixels (0: hard edge)."}),
+                "detection_size": ("INT", {"default": 800, "min": 256, "max": 2048, "step": 32, "tooltip": "Short "
+                                   "side in pixels the frames are resized to for GroundingDINO (its default 800; "
+                                   "smaller is faster, it fails below about 240)."}),
             },
             "optional": {
                 "sam": (SAM_MODEL, {"tooltip": "The segmenter from CoCoCo SAM Loader (needed unless box_mode)."}),
@@ -113,7 +116,7 @@ class CoCoCoMaskFromText:
                    "(or the boxes themselves in box mode), then optional clean-up. Feeds CoCoCo Video Inpaint.")
 
     def make_masks(self, images, grounding_dino, text, box_threshold, text_threshold, box_mode, detect_every, grow,
-                   fill_holes, temporal_smooth, feather, sam=None):
+                   fill_holes, temporal_smooth, feather, detection_size, sam=None):
         from cococo_core.masks import MaskOptions, draw_preview, masks_from_text
 
         if not text.strip():
@@ -122,7 +125,8 @@ class CoCoCoMaskFromText:
             raise ValueError("connect a SAM model (CoCoCo SAM Loader) or turn box_mode on")
         options = MaskOptions(box_threshold=box_threshold, text_threshold=text_threshold, box_mode=box_mode,
                               detect_every=detect_every, grow=grow, fill_holes=fill_holes,
-                              temporal_smooth=temporal_smooth, feather=feather)
+                              temporal_smooth=temporal_smooth, feather=feather,
+                              detection_short_side=detection_size)
         frames = frames_in(images)
         models = [grounding_dino.model] + ([sam.model] if sam is not None else [])
         with modules_on_device(models):

@@ -547,7 +547,7 @@ def ui_to_api(workflow: dict, classes: dict) -> dict:
             link = links[entry["link"]]
             kind = specs[entry["name"]][0]
             expected = "COMBO" if isinstance(kind, list) else kind
-            if link[3] != node["id"] or node["inputs"][link[4]] is not entry or link[5] not in (expected, "*"):
+            if link[3] != node["id"] or node["inputs"][link[4]] is not entry or "*" not in (expected, link[5]) and link[5] != expected:
                 raise PromptError(f"link {link} does not match input {entry['name']!r} ({expected}) of node {node['id']}")
             inputs[entry["name"]] = [str(link[1]), link[2]]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}

@@ -1,0 +1,253 @@
+"""Shipped workflows: UI files agree with their API twins and the node specs; every API workflow runs end to
+end through the node classes on tiny models (core nodes replaced by the doubles in workflow_executor)."""
+import json
+import shutil
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nodes
+import tiny_models
+import workflow_executor as wx
+from nodes import comfy_adapter
+
+ROOT = Path(__file__).resolve().parent.parent
+API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
+CLASSES = {**wx.CORE_NODES, **nodes.NODE_CLASS_MAPPINGS}
+FRAMES, SIZE = 3, 64
+
+
+def _api(name: str) -> dict:
+    return json.loads((ROOT / "workflows" / "api" / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def comfy_root(tmp_path_factory):
+    """One fake ComfyUI install for the module, with the tiny models and input files every shipped workflow
+    names (built once: loaded models are then reused across tests, as ComfyUI reuses them across runs)."""
+    root = tmp_path_factory.mktemp("comfyui")
+    with wx.fake_comfyui(root) as state:
+        comfy_adapter.MODEL_CACHE.release()
+        comfy_adapter.MODEL_CACHE.per_slot = 2  # both base layouts stay loaded across the tests
+        comfy_adapter.register_model_folders()
+        models = root / "models"
+        shutil.copytree(tiny_models.sd_folder(), models / "diffusers" / "stable-diffusion-v1-5-inpainting")
+        shutil.copytree(tiny_models.motion_folder(), models / "cococo" / "cococo_official")
+        (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_models.ldm_file(), models / "checkpoints" / "sd-v1-5-inpainting.safetensors")
+        tokenizer = root / "comfy" / "sd1_tokenizer"
+        shutil.rmtree(tokenizer)
+        shutil.copytree(tiny_models.tokenizer_folder(), tokenizer)
+        _install_mask_models(root)
+        _install_personal_models(root)
+        _install_lgvi_models(root)
+        inputs = root / "input"
+        inputs.mkdir()
+        generator = np.random.default_rng(0)
+        video = (generator.random((FRAMES, SIZE, SIZE, 3)) * 255).astype(np.uint8)
+        iio.imwrite(inputs / "cococo_input.mp4", video, fps=8)
+        rgba = np.full((SIZE, SIZE, 4), 255, np.uint8)
+        rgba[16:40, 20:44, 3] = 0  # painted in the mask editor: transparent = region to inpaint
+        Image.fromarray(rgba).save(inputs / "cococo_mask.png")
+        state["root"] = root
+        yield state
+        comfy_adapter.MODEL_CACHE.release()
+        comfy_adapter.MODEL_CACHE.per_slot = 1
+
+
+@pytest.fixture
+def comfy_env(comfy_root):
+    comfy_root["bars"].clear()
+    comfy_root.update(interrupt_at=None, interrupted=False)
+    return comfy_root
+
+
+def _fast(prompt: dict, steps: int = 1) -> dict:
+    """The same graph with 1 denoising step, so it runs in seconds on tiny models."""
+    for node in prompt.values():
+        if "steps" in node["inputs"]:
+            node["inputs"]["steps"] = steps
+    return prompt
+
+
+def _saved(outputs: dict, node_id: str) -> np.ndarray:
+    return np.load(outputs[node_id][1]["saved"][0])
+
+
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_matches_api_and_node_specs(api_file, tmp_path):
+    ui_file = ROOT / "workflows" / api_file.name
+    assert ui_file.is_file(), f"{ui_file.name}: the UI-format twin of {api_file.name} is missing"
+    ui, api = json.loads(ui_file.read_text()), json.loads(api_file.read_text())
+    assert ui["version"] == 0.4
+    assert ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
+    assert ui["last_link_id"] == max((link[0] for link in ui["links"]), default=0)
+    assert len({n["id"] for n in ui["nodes"]}) == len(ui["nodes"])
+    for link in ui["links"]:
+        source = next(n for n in ui["nodes"] if n["id"] == link[1])
+        assert source["outputs"][link[2]]["type"] == link[5]
+        assert link[0] in source["outputs"][link[2]]["links"]
+    for node in ui["nodes"]:
+        assert node["type"] in CLASSES, f"unknown node type {node['type']}"
+    with wx.fake_comfyui(tmp_path):
+        assert wx.ui_to_api(ui, CLASSES) == api
+        assert wx.api_to_ui(api, CLASSES) == ui, "regenerate with: python tests/workflow_executor.py"
+
+
+def test_every_pack_node_appears_in_a_workflow():
+    used = {node["class_type"] for f in API_FILES for node in json.loads(f.read_text()).values()}
+    missing = set(nodes.NODE_CLASS_MAPPINGS) - used - {"CoCoCoReleaseModels"}
+    assert not missing, f"nodes without an example workflow: {sorted(missing)}"
+
+
+def test_drawn_mask_inpainting_workflow(comfy_env):
+    prompt = _fast(_api("cococo_inpaint_drawn_mask.json"), steps=2)
+    prompt["5"]["inputs"]["mask_dilate"] = 0
+    outputs = wx.execute(prompt, CLASSES)
+    frames = _saved(outputs, "7")
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+    original = outputs["2"][0][0].numpy()
+    hole = np.zeros((SIZE, SIZE), bool)
+    hole[16:40, 20:44] = True
+    assert np.abs(frames[:, hole] - original[:, hole]).mean() > 1e-3  # the hole was repainted
+    far = np.ones((SIZE, SIZE), bool)
+    far[4:52, 8:56] = False  # beyond the paste-back dilation and feathering
+    np.testing.assert_array_equal(frames[:, far], original[:, far])
+    assert comfy_env["bars"] and comfy_env["bars"][0].updates[-1] == 2
+
+
+def test_single_file_base_and_model_reuse(comfy_env):
+    prompt = _fast(_api("cococo_inpaint_drawn_mask.json"))
+    prompt["4"]["inputs"]["base_model"] = "checkpoints/sd-v1-5-inpainting.safetensors"
+    first = wx.execute(prompt, CLASSES)["4"][0][0]
+    second = wx.execute(prompt, CLASSES)["4"][0][0]
+    assert first.pipeline is second.pipeline  # loaded once, kept across runs
+
+
+def test_cancel_during_sampling_raises_comfyui_interrupt(comfy_env):
+    comfy_env["interrupt_at"] = 1
+    with pytest.raises(wx.InterruptProcessingException):
+        wx.execute(_fast(_api("cococo_inpaint_drawn_mask.json"), steps=3), CLASSES)
+    assert comfy_env["bars"][-1].updates == [1]
+
+
+def test_missing_model_is_reported_before_running(comfy_env):
+    prompt = _api("cococo_inpaint_drawn_mask.json")
+    prompt["4"]["inputs"]["motion_model"] = "not_there.safetensors"
+    with pytest.raises(wx.PromptError) as error:
+        wx.validate(prompt, CLASSES)
+    assert "not_there.safetensors" in str(error.value) and "github.com/zibojia/COCOCO" in str(error.value)
+
+
+def test_four_channel_base_is_refused(comfy_env):
+    shutil.copy(tiny_models.ldm_file(in_channels=4), comfy_env["root"] / "models" / "checkpoints" / "sd15.safetensors")
+    prompt = _fast(_api("cococo_inpaint_drawn_mask.json"))
+    prompt["4"]["inputs"]["base_model"] = "checkpoints/sd15.safetensors"
+    with pytest.raises(ValueError, match="9"):
+        wx.execute(prompt, CLASSES)
+
+
+# --- the other workflows: extra tiny models in the folders they name -----------------------------
+
+def _install_mask_models(root: Path) -> None:
+    from test_masks_tiny import write_dino_both, write_sam_both
+
+    models = root / "models"
+    dino_hf, _, _ = write_dino_both(models)
+    sam_hf, _, _ = write_sam_both(models)
+    shutil.move(str(dino_hf), models / "grounding-dino" / "grounding-dino-tiny")
+    shutil.move(str(sam_hf), models / "sams" / "sam-vit-base")
+
+
+def _install_personal_models(root: Path) -> None:
+    checkpoints = root / "models" / "checkpoints"
+    tiny_models.write_ldm_file(checkpoints / "v1-5-pruned-emaonly.safetensors", tiny_models.ldm_state(in_channels=4))
+    tiny_models.write_ldm_file(checkpoints / "dreambooth_sd15.safetensors", tiny_models.ldm_state(in_channels=4, seed=5))
+    generator = torch.Generator().manual_seed(3)
+    lora = {}
+    for name, width in (("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 32),
+                        ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", 32)):
+        lora[f"{name}.lora_down.weight"] = torch.randn(4, width, generator=generator)
+        lora[f"{name}.lora_up.weight"] = torch.randn(width, 4, generator=generator)
+        lora[f"{name}.alpha"] = torch.tensor(4.0)
+    from safetensors.torch import save_file
+
+    (root / "models" / "loras").mkdir(parents=True, exist_ok=True)
+    save_file(lora, root / "models" / "loras" / "civitai_style_lora.safetensors")
+    sdxl = {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 640),
+            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.zeros(640, 4)}
+    save_file(sdxl, root / "models" / "loras" / "sdxl_lora.safetensors")
+
+
+def _install_lgvi_models(root: Path) -> None:
+    from test_lgvi_tiny import lgvi_folder, llava_hf_folder
+
+    shutil.copytree(lgvi_folder(), root / "models" / "lgvi" / "lgvi")
+    shutil.copytree(lgvi_folder(interactive=True), root / "models" / "lgvi" / "lgvi-i")
+    shutil.copytree(llava_hf_folder(), root / "models" / "lgvi" / "llava-1.5-7b-hf")
+
+
+def test_text_mask_inpainting_workflow(comfy_env):
+    prompt = _fast(_api("cococo_text_mask_inpaint.json"))
+    prompt["5"]["inputs"]["box_threshold"] = 0.0  # random weights: keep every box so the masks are not empty
+    prompt["5"]["inputs"]["detection_size"] = 256
+    outputs = wx.execute(prompt, CLASSES)
+    mask, preview = outputs["5"][0]
+    assert mask.shape == (FRAMES, SIZE, SIZE) and preview.shape == (FRAMES, SIZE, SIZE, 3)
+    assert mask.max() > 0
+    assert _saved(outputs, "6").shape == (FRAMES, SIZE, SIZE, 3)
+    assert _saved(outputs, "10").shape == (FRAMES, SIZE, SIZE, 3)
+
+
+def test_lora_workflow_personalizes_a_copy(comfy_env):
+    prompt = _fast(_api("cococo_civitai_lora.json"))
+    outputs = wx.execute(prompt, CLASSES)
+    loaded, personalized = outputs["4"][0][0], outputs["6"][0][0]
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    before = loaded.pipeline.unet.unet.state_dict()[key]
+    after = personalized.pipeline.unet.unet.state_dict()[key]
+    assert not torch.equal(before, after)  # the LoRA changed the copy ...
+    reloaded = nodes.NODE_CLASS_MAPPINGS["CoCoCoModelLoader"]().load(**_api("cococo_civitai_lora.json")["4"]["inputs"])[0]
+    assert torch.equal(reloaded.pipeline.unet.unet.state_dict()[key], before)  # ... never the cached original
+    assert outputs["7"][1]["text"] == [outputs["6"][0][1]] and outputs["6"][0][1]
+    assert _saved(outputs, "10").shape == (FRAMES, SIZE, SIZE, 3)
+
+
+def test_sdxl_lora_is_refused_with_a_clear_message(comfy_env):
+    prompt = _fast(_api("cococo_civitai_lora.json"))
+    prompt["5"]["inputs"]["lora_name"] = "sdxl_lora.safetensors"
+    with pytest.raises(ValueError, match="(?i)sdxl"):
+        wx.execute(prompt, CLASSES)
+
+
+def test_dreambooth_workflow_merges_and_saves(comfy_env):
+    outputs = wx.execute(_fast(_api("cococo_dreambooth_checkpoint.json")), CLASSES)
+    saved = sorted((comfy_env["root"] / "output" / "checkpoints").glob("cococo_dreambooth_inpainting_*.safetensors"))
+    assert len(saved) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(saved[0]), "pt") as merged:
+        assert merged.get_tensor("model.diffusion_model.input_blocks.0.0.weight").shape[1] == 9
+        assert "cococo.merge" in merged.metadata()
+    assert _saved(outputs, "10").shape == (FRAMES, SIZE, SIZE, 3)
+
+
+def test_lgvi_referring_removal_workflow(comfy_env):
+    outputs = wx.execute(_fast(_api("lgvi_referring_removal.json")), CLASSES)
+    frames, mask = outputs["4"][0]
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3) and mask.shape == (FRAMES, SIZE, SIZE)
+    assert _saved(outputs, "8").shape == (FRAMES, SIZE, SIZE, 3)
+
+
+def test_lgvi_i_chat_removal_workflow(comfy_env):
+    prompt = _fast(_api("lgvi_i_chat_removal.json"))
+    prompt["4"]["inputs"]["max_new_tokens"] = 6
+    outputs = wx.execute(prompt, CLASSES)
+    reply, phrase, frames, mask = outputs["4"][0]
+    assert isinstance(reply, str) and isinstance(phrase, str)
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3) and mask.shape == (FRAMES, SIZE, SIZE)
+    assert outputs["5"][1]["text"] == [reply]
