@@ -8,7 +8,7 @@ import pytest
 import nodes
 from nodes.common import PACK_TYPES
 
-CORE_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN"}
+CORE_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "*"}
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 NODE_IDS = sorted(nodes.NODE_CLASS_MAPPINGS)
 
@@ -71,3 +71,14 @@ def test_node_contract(node_id):
     if hasattr(cls, "VALIDATE_INPUTS"):
         names = inspect.getfullargspec(cls.VALIDATE_INPUTS).args[1:]
         assert set(names) <= set(declared.get("required", {})) | set(declared.get("optional", {}))
+
+
+def test_release_node_empties_the_cache():
+    from nodes.comfy_adapter import MODEL_CACHE
+
+    MODEL_CACHE.release()
+    MODEL_CACHE.get_or_load("test", "a", object)
+    node = nodes.NODE_CLASS_MAPPINGS["CoCoCoReleaseModels"]
+    assert node().release() == {"ui": {"text": ["released 1 model(s)"]}, "result": ()}
+    assert len(MODEL_CACHE) == 0
+    assert node.IS_CHANGED() != node.IS_CHANGED()  # NaN: runs on every queue
