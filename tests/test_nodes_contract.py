@@ -82,3 +82,9 @@ def test_release_node_empties_the_cache():
     assert node().release() == {"ui": {"text": ["released 1 model(s)"]}, "result": ()}
     assert len(MODEL_CACHE) == 0
     assert node.IS_CHANGED() != node.IS_CHANGED()  # NaN: runs on every queue
+
+
+def test_node_reference_documents_every_node():
+    reference = open("docs/nodes.md").read()
+    for node_id in NODE_IDS:
+        assert f"`{node_id}`" in reference, f"docs/nodes.md lacks {node_id}"
