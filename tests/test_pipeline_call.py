@@ -185,3 +185,31 @@ def test_noise_comes_from_one_cpu_generator_in_a_fixed_order():
     mean_noise, none = draw_noise(5, 3, (4, 6), sample_posterior=False)
     assert torch.equal(mean_noise, noise) and none is None
     assert not torch.equal(draw_noise(None, 3, (4, 6))[0], draw_noise(None, 3, (4, 6))[0])
+
+
+def test_unet_sees_the_official_conditioning():
+    """cococo-official.md §3.2-3.3, transcribed: x in [-1, 1] as 2(x/255 - 0.5), masked = x·(1 - m) with the soft
+    mask, 0.18215 · posterior sample, mask resized with F.interpolate's default (nearest); [z | m | c]."""
+    from cococo_core.pipeline.pipeline import draw_noise
+
+    video = pan_clip(3, 64, 64)
+    mask = moving_disc_mask(3, 64, 64).astype(np.float32) / 255 * 0.8  # soft, not binarized upstream
+    seen = []
+
+    class Recorder(Spy):
+        def forward(self, sample, timestep, encoder_hidden_states):
+            seen.append(sample.clone())
+            return super().forward(sample, timestep, encoder_hidden_states)
+
+    vae = tiny_parts()[0]
+    tiny_pipeline(unet=Recorder(tiny_parts()[3]))(video, mask, "a", num_inference_steps=1, seed=11)
+    noise, posterior_noise = draw_noise(11, 3, (8, 8))
+    images = 2 * (torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255 - 0.5)
+    masks = torch.from_numpy(mask)[:, None]
+    with torch.no_grad():
+        posterior = vae.encode(images * (1 - masks)).latent_dist
+    latents = (posterior.mean + posterior.std * posterior_noise) * 0.18215
+    small = torch.nn.functional.interpolate(masks, size=(8, 8))
+    expected = torch.cat([noise[0], small.permute(1, 0, 2, 3), latents.permute(1, 0, 2, 3)])[None]
+    torch.testing.assert_close(seen[0][:1], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seen[0][1:], expected, atol=1e-5, rtol=1e-5)  # both CFG halves
