@@ -345,8 +345,9 @@ def soft_empty_cache() -> None:
 class Progress:
     """``callback(step, total, latents)`` for cococo_core jobs, drawn as ComfyUI's node progress bar."""
 
-    def __init__(self, description: str = "CoCoCo"):
+    def __init__(self, description: str = "CoCoCo", preview: Callable[[Any], Any] | None = None):
         self.description = description
+        self.preview = preview  # latents -> ("JPEG", PIL image, max size) for ComfyUI's node preview, or None
         self.last: tuple[int, int] | None = None
         self._bar = None
 
@@ -356,7 +357,8 @@ class Progress:
         if utils is not None:
             if self._bar is None:
                 self._bar = utils.ProgressBar(total)
-            self._bar.update_absolute(step, total)
+            picture = self.preview(value) if self.preview is not None and value is not None else None
+            self._bar.update_absolute(step, total, picture)
             return
         if self._bar is None:
             from tqdm.auto import tqdm

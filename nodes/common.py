@@ -41,6 +41,18 @@ def check_model(key: str, name: str) -> bool | str:
     return True
 
 
+def files_changed(*paths) -> str:
+    """For IS_CHANGED: the identity (sizes, mtimes) of the chosen model files, so a replaced file reloads.
+    Names that do not resolve give "" (validation reports them)."""
+    signatures = []
+    for key, name in paths:
+        try:
+            signatures.append(comfy.file_signature(comfy.resolve_model(key, name)))
+        except (FileNotFoundError, ValueError):
+            signatures.append(None)
+    return repr(signatures)
+
+
 def seed_input(tooltip: str = "Random seed of the initial noise (and of the VAE posterior sample).") -> tuple:
     return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip})
 
@@ -71,6 +83,30 @@ def frames_out(frames: torch.Tensor) -> torch.Tensor:
 
 def mask_out(mask: torch.Tensor) -> torch.Tensor:
     return mask.to(comfy.intermediate_device(), torch.float32).contiguous()
+
+
+# SD-1.x latent -> approximate RGB (ComfyUI comfy/latent_formats.py SD15.latent_rgb_factors)
+SD_LATENT_RGB = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
+                              [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
+PREVIEW_SIZE = 512
+
+
+def latent_preview(latents):
+    """Node preview of the middle frame of (B, 4, F, h, w) SD latents, as ComfyUI's latent2rgb previewer
+    draws it: ``("JPEG", image, max size)``; None for anything else."""
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or latents.shape[1] != 4:
+        return None
+    from PIL import Image
+
+    frame = latents[0, :, latents.shape[2] // 2].detach().to("cpu", torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", frame, SD_LATENT_RGB)
+    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    return ("JPEG", Image.fromarray(pixels), PREVIEW_SIZE)
+
+
+def progress(description: str) -> comfy.Progress:
+    """Progress hook for a sampler: ComfyUI's progress bar with a latent preview of the current step."""
+    return comfy.Progress(description, preview=latent_preview)
 
 
 def _module_bytes(modules) -> int:

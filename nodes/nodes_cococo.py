@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import comfy_adapter as comfy
-from .common import (CATEGORY, COCOCO_PIPE, check_model, frames_in, frames_out, mask_in, model_input,
-                     on_execution_device, seed_input, text_input)
+from .common import (CATEGORY, COCOCO_PIPE, check_model, files_changed, frames_in, frames_out, mask_in, model_input,
+                     on_execution_device, progress, seed_input, text_input)
 
 BASE_KEYS = ("checkpoints", "diffusers")
 
@@ -102,6 +102,14 @@ class CoCoCoModelLoader:
                 return result
         return True
 
+    @classmethod
+    def IS_CHANGED(cls, base_model, motion_model, **_):
+        try:
+            base = split_base_name(base_model)
+        except ValueError:
+            return ""
+        return files_changed(base, ("cococo", motion_model))
+
     def load(self, base_model, motion_model, precision, offload):
         return (load_pipeline(base_model, motion_model, precision, offload),)
 
@@ -158,7 +166,7 @@ class CoCoCoSampler:
                 guidance_scale=cfg, seed=seed, width=width or None, height=height or None,
                 context_length=context_length or None, context_overlap=None if context_overlap < 0 else context_overlap,
                 mask_dilate=mask_dilate, paste_back=paste_back, paste_dilate=paste_dilate,
-                paste_feather=paste_feather, callback=comfy.Progress("CoCoCo"), cancel=comfy.interrupt_check(),
+                paste_feather=paste_feather, callback=progress("CoCoCo"), cancel=comfy.interrupt_check(),
             )
         return (frames_out(frames),)
 

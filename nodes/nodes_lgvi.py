@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from . import comfy_adapter as comfy
-from .common import (CATEGORY, LGVI_PIPE, LGVII_PIPE, check_model, frames_in, frames_out, mask_out, model_input,
-                     on_execution_device, seed_input, text_input)
+from .common import (CATEGORY, LGVI_PIPE, LGVII_PIPE, check_model, files_changed, frames_in, frames_out, mask_out,
+                     model_input, on_execution_device, progress, seed_input, text_input)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def run_removal(pipe, images, *, steps, text_cfg, image_cfg, seed, window_length
     with on_execution_device(pipe):
         result = pipe(frames, num_inference_steps=steps, guidance_scale=text_cfg, image_guidance_scale=image_cfg,
                       seed=seed, size=size, window_length=window_length, window_overlap=window_overlap,
-                      callback=comfy.Progress("LGVI"), cancel=comfy.interrupt_check(), **conditioning)
+                      callback=progress("LGVI"), cancel=comfy.interrupt_check(), **conditioning)
     mask = result.mask
     if mask is None:
         logger.warning("this LGVI checkpoint has no mask decoder: the MASK output is empty")
@@ -94,6 +94,10 @@ class CoCoCoLGVILoader:
     @classmethod
     def VALIDATE_INPUTS(cls, lgvi_model):
         return check_model("lgvi", lgvi_model)
+
+    @classmethod
+    def IS_CHANGED(cls, lgvi_model, **_):
+        return files_changed(("lgvi", lgvi_model))
 
     def load(self, lgvi_model, precision):
         return (load_lgvi(lgvi_model, precision, text_encoder=True),)
@@ -234,7 +238,7 @@ class CoCoCoLGVIChat:
                 temperature=temperature, max_new_tokens=max_new_tokens, pipeline_loader=diffusion_model,
                 num_inference_steps=sampling["steps"], guidance_scale=sampling["text_cfg"],
                 image_guidance_scale=sampling["image_cfg"], size=size, window_length=sampling["window_length"],
-                window_overlap=sampling["window_overlap"], callback=comfy.Progress("LGVI-I"), cancel=cancel,
+                window_overlap=sampling["window_overlap"], callback=progress("LGVI-I"), cancel=cancel,
             )
         mask = result.mask if result.mask is not None else torch.zeros(result.frames.shape[:3])
         return result.reply, result.phrase or "", frames_out(result.frames), mask_out(mask)

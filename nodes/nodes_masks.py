@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from . import comfy_adapter as comfy
-from .common import (CATEGORY, GDINO_MODEL, SAM_MODEL, check_model, frames_in, frames_out, mask_out, model_input,
-                     modules_on_device, text_input)
+from .common import (CATEGORY, GDINO_MODEL, SAM_MODEL, check_model, files_changed, frames_in, frames_out, mask_out,
+                     model_input, modules_on_device, text_input)
 
 PRECISION_INPUT = (list(comfy.PRECISIONS), {"default": "fp32", "tooltip": "Weight and compute dtype (fp32 is the "
                    "safe choice for detection; auto: ComfyUI's choice)."})
@@ -40,6 +40,10 @@ class CoCoCoGroundingDinoLoader:
     def VALIDATE_INPUTS(cls, model_name):
         return check_model("grounding-dino", model_name)
 
+    @classmethod
+    def IS_CHANGED(cls, model_name, **_):
+        return files_changed(("grounding-dino", model_name))
+
     def load(self, model_name, precision):
         from cococo_core.masks import load_detector
 
@@ -67,6 +71,10 @@ class CoCoCoSamLoader:
     @classmethod
     def VALIDATE_INPUTS(cls, model_name):
         return check_model("sams", model_name)
+
+    @classmethod
+    def IS_CHANGED(cls, model_name, **_):
+        return files_changed(("sams", model_name))
 
     def load(self, model_name, precision):
         from cococo_core.masks import load_segmenter

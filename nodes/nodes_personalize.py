@@ -107,6 +107,9 @@ class CoCoCoPersonalize:
     def personalize(self, cococo_pipe, sd15_base, personal_model, alpha, beta, loras=()):
         from cococo_core.personalize import LoraSpec, MergeRecipe, WeightBackup, personalize_modules
 
+        if cococo_pipe.recipe is not None:
+            raise ValueError("this CoCoCo model is already personalized; put the checkpoint and all LoRAs into one "
+                             "CoCoCo Personalize node (chain CoCoCo LoRA nodes for several LoRAs)")
         base, personal = resolve_optional(sd15_base), resolve_optional(personal_model)
         if personal is None and not loras and alpha == 1.0:
             raise ValueError("nothing to personalize: choose a personal_model, connect LoRAs, or set alpha != 1")

@@ -117,7 +117,10 @@ def test_drawn_mask_inpainting_workflow(comfy_env):
     far = np.ones((SIZE, SIZE), bool)
     far[4:52, 8:56] = False  # beyond the paste-back dilation and feathering
     np.testing.assert_array_equal(frames[:, far], original[:, far])
-    assert comfy_env["bars"] and comfy_env["bars"][0].updates[-1] == 2
+    bar = comfy_env["bars"][0]
+    assert bar.updates == [1, 2] and bar.total == 2
+    kind, picture, size = bar.previews[-1]  # a latent preview of the middle frame at every step
+    assert kind == "JPEG" and picture.size == (SIZE // 8, SIZE // 8)
 
 
 def test_single_file_base_and_model_reuse(comfy_env):

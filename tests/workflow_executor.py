@@ -96,12 +96,13 @@ def _fake_utils(state: dict) -> types.ModuleType:
         def __init__(self, total, node_id=None):
             self.total = total
             state["bars"].append(self)
-            self.updates = []
+            self.updates, self.previews = [], []
 
         def update_absolute(self, value, total=None, preview=None):
             if total is not None:
                 self.total = total
             self.updates.append(value)
+            self.previews.append(preview)
             if state["interrupt_at"] is not None and value >= state["interrupt_at"]:
                 state["interrupted"] = True  # as if the user pressed Cancel during this step
 
