@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 import tiny_models
 from cococo_core.checkpoints import UnsafeCheckpointError, load_state_dict
 from cococo_core.checkpoints.ldm_keys import ldm_to_diffusers
-from cococo_core.personalize import MergePlan, MergeRecipe, save_merged
+from cococo_core.personalize import LoraSpec, MergePlan, MergeRecipe, save_merged
 
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
@@ -34,11 +34,11 @@ def merge(files, tmp_path, name="out.safetensors", **kwargs):
     return load_file(str(tmp_path / name)), report
 
 
-def sample(files, *, every=6, dtype=None, **kwargs):
+def sample(files, *, every=6, dtype=None, extra=(), **kwargs):
     """Merged weights for every ``every``-th weight plus conv_in, computed in memory (no file written)."""
     recipe = MergeRecipe(**{"inpaint": files["inpaint"], "base": files["base"], "personal": files["personal"], **kwargs})
     with MergePlan(recipe, dtype=dtype) as plan:
-        items = [item for i, item in enumerate(sorted(plan.items())) if i % every == 0 or item == ("unet", "conv_in.weight")]
+        items = [item for i, item in enumerate(sorted(plan.items())) if i % every == 0 or item == ("unet", "conv_in.weight") or item in extra]
         return {item: plan.compute(*item) for item in items}, plan.report
 
 
@@ -230,3 +230,17 @@ def test_cancelled_save_leaves_no_file_and_progress_counts_every_tensor(files, t
     steps.clear()
     save_merged(MergeRecipe(inpaint=files["inpaint"]), tmp_path / "c.safetensors", callback=lambda s, t, _: steps.append((s, t)))
     assert steps[-1] == (len(load_file(str(files["inpaint"]))),) * 2
+
+
+def test_row_blocks_give_the_same_weights(files, monkeypatch):
+    from cococo_core.personalize import plan as plan_module
+
+    gen, name = torch.Generator().manual_seed(9), "lora_unet_down_blocks_0_resnets_0_conv1"
+    lora = {f"{name}.lora_up.weight": torch.randn(32, 4, 1, 1, generator=gen),
+            f"{name}.lora_down.weight": torch.randn(4, 32, 3, 3, generator=gen)}
+    kwargs = dict(every=3, alpha=0.7, beta=1.4, loras=[LoraSpec(lora, 0.5)], extra=[("unet", "down_blocks.0.resnets.0.conv1.weight")])
+    whole, _ = sample(files, **kwargs)
+    monkeypatch.setattr(plan_module, "CHUNK_ELEMENTS", 500)
+    blocks, _ = sample(files, **kwargs)
+    assert ("unet", "down_blocks.0.resnets.0.conv1.weight") in whole
+    assert all(torch.equal(whole[item], blocks[item]) for item in whole)

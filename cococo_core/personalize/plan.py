@@ -30,6 +30,7 @@ from .sources import COMPONENTS, ModelSource, open_model
 
 F32 = torch.float32
 CONV_IN = "conv_in.weight"
+CHUNK_ELEMENTS = 1 << 22  # rows per block chosen so float32 temporaries stay around 16 MB
 MERGED_COMPONENTS = ("unet", "text_encoder", "vae")
 
 
@@ -247,43 +248,60 @@ class MergePlan:
 
     def compute(self, component: str, key: str) -> torch.Tensor:
         """The merged weight (in :meth:`out_dtype`, on the plan's ``device``, where the arithmetic runs);
-        may be the inpainting model's own tensor when unchanged."""
-        inp = self.inpaint.get(component).get(key).to(self.device)
+        may be the inpainting model's own tensor when unchanged. Large weights are merged in blocks of
+        rows so that the float32 temporaries stay small (the formula is element-wise)."""
+        inp = self.inpaint.get(component).get(key)
+        out_dtype = self.out_dtype(component, key)
         tau_shape = self._tau_shapes.get((component, key))
         if tau_shape is None or not inp.is_floating_point():
-            return inp.to(self.out_dtype(component, key))
-        base_src = self.base.get(component) if self.base else None
-        base = base_src.get(key).to(self.device, F32) if base_src is not None and key in base_src else None
-        if base is None or self.alpha == 1.0:
-            out = inp.to(F32)
-        elif self.alpha == 0.0:
-            out = _pad(base, inp.shape)
-        else:
-            padded = _pad(base, inp.shape)
-            out = padded + self.alpha * (inp.to(F32) - padded)
+            return inp.to(self.device, out_dtype)
+        base = self._read(self.base, component, key)
         beta = self.betas[component]
-        if beta != 0.0:
-            tau = self._tau(component, key, tau_shape, base, inp)
-            if tau is not None:
-                out = out + beta * _pad(tau, inp.shape)
-        return out.to(self.out_dtype(component, key))
+        pers = self._read(self.personal, component, key) if beta != 0.0 and base is not None else None
+        delta = self._lora_delta(component, key, tau_shape, inp, base, pers) if beta != 0.0 else None
+        if (base is None or self.alpha == 1.0) and pers is None and delta is None:
+            return inp.to(self.device, out_dtype)
+        if inp.dim() == 0 or inp.numel() <= CHUNK_ELEMENTS:
+            return self._merge_rows(inp, base, pers, delta, beta).to(out_dtype)
+        out = torch.empty(inp.shape, dtype=out_dtype, device=self.device)
+        rows = max(1, CHUNK_ELEMENTS // (inp.numel() // inp.shape[0]))
+        for start in range(0, inp.shape[0], rows):
+            part = slice(start, start + rows)
+            out[part] = self._merge_rows(inp[part], None if base is None else base[part],
+                                         None if pers is None else pers[part], None if delta is None else delta[part], beta)
+        return out
 
-    def _tau(self, component, key, shape, base, inp) -> Optional[torch.Tensor]:
-        pers_src = self.personal.get(component) if self.personal else None
-        pers = pers_src.get(key).to(self.device, F32) if pers_src is not None and key in pers_src else None
-        tau = pers - base if (pers is not None and base is not None) else None
+    @staticmethod
+    def _read(model: Optional[ModelSource], component: str, key: str) -> Optional[torch.Tensor]:
+        source = model.get(component) if model is not None else None
+        return source.get(key) if source is not None and key in source else None
 
-        def reference() -> torch.Tensor:
-            if pers is not None:
-                return pers
-            if base is not None:
-                return base
-            return inp.to(F32)[:, : shape[1]] if tuple(inp.shape) != tuple(shape) else inp.to(F32)
-
-        delta = self.loras.delta(component, key, shape, reference, device=self.device)
+    def _merge_rows(self, inp, base, pers, delta, beta: float) -> torch.Tensor:
+        """lerp(pad(θ_SD1.5), θ_inpaint, α) + β·pad(θ_personal − θ_SD1.5 + Δ_LoRA) for a block of rows, in float32."""
+        a = inp.to(self.device, F32)
+        b = None if base is None else base.to(self.device, F32)
+        if b is None or self.alpha == 1.0:
+            out = a
+        elif self.alpha == 0.0:
+            out = _pad(b, a.shape)
+        else:
+            padded = _pad(b, a.shape)
+            out = padded + self.alpha * (a - padded)
+        tau = None if pers is None else pers.to(self.device, F32) - b
         if delta is not None:
             tau = delta if tau is None else tau + delta
-        return tau
+        if tau is not None:
+            out = out + beta * _pad(tau, a.shape)
+        return out
+
+    def _lora_delta(self, component, key, shape, inp, base, pers) -> Optional[torch.Tensor]:
+        def reference() -> torch.Tensor:  # the weight the LoRAs were trained on (DoRA only)
+            for weight in (pers, base):
+                if weight is not None:
+                    return weight.to(self.device, F32)
+            return inp.to(self.device, F32)[:, : shape[1]] if tuple(inp.shape) != tuple(shape) else inp.to(self.device, F32)
+
+        return self.loras.delta(component, key, shape, reference, device=self.device)
 
     def close(self) -> None:
         for model in self._opened:
