@@ -100,7 +100,7 @@ def test_ui_workflow_matches_api_and_node_specs(api_file, tmp_path):
 
 def test_every_pack_node_appears_in_a_workflow():
     used = {node["class_type"] for f in API_FILES for node in json.loads(f.read_text()).values()}
-    missing = set(nodes.NODE_CLASS_MAPPINGS) - used - {"CoCoCoReleaseModels"}
+    missing = set(nodes.NODE_CLASS_MAPPINGS) - used - {"CoCoCoReleaseModels", "CoCoCoConvertMotion"}
     assert not missing, f"nodes without an example workflow: {sorted(missing)}"
 
 
@@ -254,3 +254,18 @@ def test_lgvi_i_chat_removal_workflow(comfy_env):
     assert isinstance(reply, str) and isinstance(phrase, str)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and mask.shape == (FRAMES, SIZE, SIZE)
     assert outputs["5"][1]["text"] == [reply]
+
+
+def test_converted_motion_weights_load_like_the_official_folder(comfy_env):
+    node = nodes.NODE_CLASS_MAPPINGS["CoCoCoConvertMotion"]()
+    with pytest.raises(ValueError):  # the tiny modules are not the SD-1.5 layout: the check says so
+        node.convert("cococo_official", "fp32", True, "cococo/tiny_motion")
+    node.convert("cococo_official", "fp32", False, "cococo/tiny_motion")
+    written = comfy_env["root"] / "output" / "cococo" / "tiny_motion_00001_.safetensors"
+    shutil.copy(written, comfy_env["root"] / "models" / "cococo" / "tiny_motion.safetensors")
+    loader = nodes.NODE_CLASS_MAPPINGS["CoCoCoModelLoader"]()
+    base = "diffusers/stable-diffusion-v1-5-inpainting"
+    official = loader.load(base, "cococo_official", "fp32", False)[0].pipeline.unet.state_dict()
+    converted = loader.load(base, "tiny_motion.safetensors", "fp32", False)[0].pipeline.unet.state_dict()
+    assert official.keys() == converted.keys()
+    assert all(torch.equal(official[k], converted[k]) for k in official)

@@ -557,8 +557,44 @@ def ui_to_api(workflow: dict, classes: dict) -> dict:
     return prompt
 
 
-def write_ui_workflows(root: Path) -> list[Path]:
-    """Regenerate ``workflows/*.json`` (UI format) from ``workflows/api/*.json`` and the node specs."""
+REFERENCE_HEADING = "## Node reference\n\n"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def node_reference(node_classes: dict, display_names: dict) -> str:
+    """The node reference section of docs/nodes.md, from the node classes themselves."""
+    out = []
+    for node_id, cls in node_classes.items():
+        out += [f"### {display_names[node_id]} (`{node_id}`, category `{cls.CATEGORY}`)", "", cls.DESCRIPTION, "",
+                "| input | type | default (range) | meaning |", "|---|---|---|---|"]
+        for name, (kind, options, category) in input_specs(cls).items():
+            if isinstance(kind, list):
+                shown = "combo"
+                default = f"`{options['default']}`" if "default" in options else "the models found"
+                if "default" in options and len(kind) <= 5:
+                    default += " (" + ", ".join(kind) + ")"
+            else:
+                shown, default = kind, ""
+                if "default" in options:
+                    default = f"`{options['default']!r}`" if kind == "STRING" else f"`{options['default']}`"
+                    if "min" in options:
+                        default += f" ({options['min']}..{options['max']})"
+            shown += " (optional)" if category == "optional" else ""
+            out.append(f"| `{name}` | {shown} | {default} | {_cell(options.get('tooltip', ''))} |")
+        if cls.RETURN_TYPES:
+            out += ["", "| output | type | meaning |", "|---|---|---|"]
+            out += [f"| `{n}` | {t} | {_cell(tip)} |" for n, t, tip in zip(cls.RETURN_NAMES, cls.RETURN_TYPES,
+                                                                           cls.OUTPUT_TOOLTIPS)]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_generated_files(root: Path) -> list[Path]:
+    """Regenerate ``workflows/*.json`` (UI format) from ``workflows/api/*.json`` and the node specs, and the
+    node reference at the end of ``docs/nodes.md``."""
     import json
     import tempfile
 
@@ -573,9 +609,14 @@ def write_ui_workflows(root: Path) -> list[Path]:
             target = root / "workflows" / api_file.name
             target.write_text(json.dumps(ui, indent=1) + "\n")
             written.append(target)
+        docs = root / "docs" / "nodes.md"
+        text = docs.read_text()
+        head = text[: text.index(REFERENCE_HEADING) + len(REFERENCE_HEADING)]
+        docs.write_text(head + node_reference(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS))
+        written.append(docs)
     return written
 
 
 if __name__ == "__main__":
-    for path in write_ui_workflows(Path(__file__).resolve().parent.parent):
+    for path in write_generated_files(Path(__file__).resolve().parent.parent):
         print("wrote", path)
