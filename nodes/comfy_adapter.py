@@ -174,9 +174,14 @@ def _is_model_folder(path: Path, kind: ModelKind) -> bool:
 
 
 def _walk_models(base: Path, kind: ModelKind) -> list[str]:
-    found = []
+    found, seen = [], set()
     for root, dirs, files in os.walk(base, followlinks=True):
         root_path = Path(root)
+        real = os.path.realpath(root)
+        if real in seen:  # a link back to a folder already listed: stop the cycle
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for d in list(dirs):
             if _is_model_folder(root_path / d, kind):

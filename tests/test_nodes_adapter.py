@@ -42,6 +42,12 @@ def test_plain_python_folders_and_listing(plain_models):
         adapter.list_models("vae_approx")
 
 
+def test_listing_survives_a_link_cycle(plain_models):
+    _touch(plain_models / "loras" / "a" / "style.safetensors")
+    os.symlink(plain_models / "loras", plain_models / "loras" / "a" / "back")
+    assert adapter.list_models("loras") == ["a/style.safetensors"]
+
+
 def test_models_dir_from_environment(plain_models, monkeypatch, tmp_path):
     adapter.set_models_dir(None)
     monkeypatch.setenv("COCOCO_MODELS_DIR", str(tmp_path / "elsewhere"))
