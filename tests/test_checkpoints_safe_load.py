@@ -114,3 +114,40 @@ def test_legacy_pickle_with_global_rejected(tmp_path):
         pickle.dump({"x": os.getcwd}, handle, protocol=2)
     with pytest.raises(UnsafeCheckpointError, match="evil_legacy.pt.*getcwd"):
         load_state_dict(path)
+
+
+def test_lightning_callback_beside_weights_loads_inert(tmp_path, monkeypatch):
+    """RunwayML SD-1.x .ckpt files pickle a Lightning ModelCheckpoint callback next to the weights. It is read
+    as an inert placeholder: the file loads, and the callback's own code never runs."""
+    import importlib
+    import sys
+
+    package = tmp_path / "fake" / "pytorch_lightning" / "callbacks"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    marker = tmp_path / "callback_code_ran"
+    (package / "model_checkpoint.py").write_text(
+        "class ModelCheckpoint:\n"
+        "    def __setstate__(self, state):\n"
+        f"        open({str(marker)!r}, 'w').close()\n"
+        "        self.__dict__.update(state)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    callback_class = importlib.import_module("pytorch_lightning.callbacks.model_checkpoint").ModelCheckpoint
+    callback = callback_class.__new__(callback_class)
+    callback.__dict__.update(monitor="val/loss", best_k_models={})
+    path = tmp_path / "sd-v1-5-like.ckpt"
+    torch.save({"state_dict": dict(STATE), "global_step": 1, "callbacks": {callback_class: {"best": torch.tensor(0.5)}},
+                "trainer_callback": callback}, path)
+    for name in [m for m in sys.modules if m.split(".")[0] == "pytorch_lightning"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the fake package must not be importable while loading
+    sys.path.remove(str(tmp_path / "fake"))
+
+    assert _equal(load_state_dict(path), STATE)
+    with open_state(path) as state:
+        assert sorted(state.keys()) == sorted(STATE)
+    assert not marker.exists()
+    sys.path.insert(0, str(tmp_path / "fake"))  # with the class importable an unrestricted load runs its code
+    torch.load(path, weights_only=False)
+    assert marker.exists()

@@ -8,7 +8,9 @@ Formats:
 * ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin``: torch pickles, read ONLY with
   ``torch.load(weights_only=True)``, whose unpickler accepts tensors, containers and primitives and refuses
   every other Python global (a Lightning callback, ``os.system``, ...) before calling it. A top-level
-  ``{"state_dict": {...}, "global_step": ...}`` wrapper (Lightning/LDM) is unwrapped.
+  ``{"state_dict": {...}, "global_step": ...}`` wrapper (Lightning/LDM) is unwrapped. Lightning / numpy
+  training objects pickled beside the weights (RunwayML's SD-1.x ``.ckpt`` files carry a ``ModelCheckpoint``
+  callback) are read as inert :class:`TrainingObjectPlaceholder` objects: their code is never imported or run.
 
 The format is recognised from the file's first bytes (not trusted from its extension): ``PK`` = zip
 torch file, ``\\x80`` = legacy pickle, otherwise a safetensors header is expected.
@@ -19,10 +21,11 @@ import json
 import logging
 import os
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Optional
 
 import torch
 
@@ -69,26 +72,60 @@ def _safetensors_error(path: Path, error: Exception) -> CheckpointError:
     return CheckpointError(f"{path}: cannot read this .safetensors file, it is truncated or corrupt ({error})")
 
 
+# Training-time objects that Lightning/LDM pickled next to the weights (e.g. RunwayML's SD-1.x .ckpt files hold
+# ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``). Their names are mapped to an inert local
+# class, so the file loads without importing or running any of that code; everything else stays refused.
+INERT_GLOBAL_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "numpy.")
+_MAX_PLACEHOLDERS = 64
+
+
+class TrainingObjectPlaceholder:
+    """Stands in for a pickled training object (callback, numpy scalar); it only keeps the data given to it."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.__dict__["state"] = state
+
+
+def _unsupported_global(error: Exception) -> Optional[str]:
+    match = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return match.group(1) if match else None
+
+
 def _torch_load(path: Path, device) -> object:
     kind = _sniff(path)
     if kind == "safetensors":
         raise CheckpointError(f"{path}: this is a safetensors file, not a pickle")
     if kind == "zip" and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: this torch checkpoint is truncated or corrupt (its zip directory is missing)")
-    try:
-        return torch.load(path, map_location=device, weights_only=True, mmap=kind == "zip")
-    except pickle.UnpicklingError as error:
-        found = str(error).split("\n")
-        detail = next((line.strip() for line in found if "Unsupported global" in line or "GLOBAL" in line), found[0])
-        raise UnsafeCheckpointError(
-            f"{path}: refused to load this pickle checkpoint: it contains Python objects that are not plain weights "
-            f"({detail}). Unpickling them could run arbitrary code, so it was not done. Use a .safetensors version "
-            "of this model, or convert the file to .safetensors with a tool you trust."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
-        raise CheckpointError(f"{path}: cannot read this torch checkpoint, it is truncated or corrupt ({error})") from None
+    placeholders: list[str] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals([(TrainingObjectPlaceholder, name) for name in placeholders]):
+                loaded = torch.load(path, map_location=device, weights_only=True, mmap=kind == "zip")
+        except pickle.UnpicklingError as error:
+            name = _unsupported_global(error)
+            if name and name.startswith(INERT_GLOBAL_PREFIXES) and name not in placeholders \
+                    and len(placeholders) < _MAX_PLACEHOLDERS:
+                placeholders.append(name)
+                continue
+            lines = str(error).split("\n")
+            detail = next((line.strip() for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load this pickle checkpoint: it contains Python objects that are not plain "
+                f"weights ({detail}). Unpickling them could run arbitrary code, so it was not done. Use a "
+                ".safetensors version of this model, or convert the file to .safetensors with a tool you trust."
+            ) from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise CheckpointError(f"{path}: cannot read this torch checkpoint, it is truncated or corrupt ({error})") from None
+        if placeholders:
+            log.info("%s: training objects stored beside the weights were read as inert placeholders "
+                     "(their code was not run): %s", path, ", ".join(placeholders))
+        return loaded
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
