@@ -37,17 +37,17 @@ class VideoGeometry(NamedTuple):
     width: int
 
 
-def dga_grid(height: int, width: int) -> tuple[int, int]:
+def dga_grid(height: int, width: int, damped_height: int | None = DGA_HEIGHT) -> tuple[int, int]:
     """The grid damped global attention works on for a (height, width) latent level.
 
     Official rule (``motion_module.py:614-618``): only when the *height* exceeds 12, resize to
     ``(12, int(12 / H * W))`` computed in Python floats (float64, truncated): 64x64 -> 12x12, 45x80 -> 12x21,
     96x64 -> 12x8, 12x20 and 8x8 unchanged. Where the official width would truncate to 0 (W < H/12, where the
-    official code crashes) one column is used.
+    official code crashes) one column is used. ``damped_height=None`` never resizes (full 3-D attention).
     """
-    if height <= DGA_HEIGHT:
+    if damped_height is None or height <= damped_height:
         return height, width
-    return DGA_HEIGHT, max(1, int(DGA_HEIGHT / height * width))
+    return damped_height, max(1, int(damped_height / height * width))
 
 
 class _MotionAttention(nn.Module):
@@ -95,13 +95,19 @@ class TemporalSelfAttention(_MotionAttention):
 
 
 class DampedGlobalAttention(_MotionAttention):
-    """Damped global attention (DGA): full spatio-temporal attention on a grid damped to height 12."""
+    """Damped global attention (DGA): full spatio-temporal attention on a grid damped to height 12.
+
+    ``damped_height`` (class default 12, the official value) may be set to None on an instance to get full
+    3-D attention over all F·H·W tokens, the variant the paper compares against (Fig. 5).
+    """
+
+    damped_height: int | None = DGA_HEIGHT
 
     def forward(self, hidden: torch.Tensor, geometry: VideoGeometry, text: torch.Tensor | None = None) -> torch.Tensor:
         frames_batch, tokens, dim = hidden.shape
         frames, height, width = geometry
         batch = frames_batch // frames
-        grid = dga_grid(height, width)
+        grid = dga_grid(height, width, self.damped_height)
         resized = grid != (height, width)
         planes = hidden.view(frames_batch, height, width, dim).permute(0, 3, 1, 2)
         if resized:

@@ -1,0 +1,249 @@
+"""The CoCoCo video U-Net and its motion-module attention on CPU: time and peak memory, ours vs official-style.
+
+Two parts, each comparing in the same run:
+
+1. The FULL-SIZE video U-Net (SD-1.5-inpainting config + 21 motion modules, random weights, fp32),
+   B videos x F frames at a given resolution:
+   * ours: torch SDPA everywhere (motion modules through ``cococo_core.attention``, diffusers' SDPA processor);
+   * official-style: explicit score matrices everywhere (``naive`` motion attention + diffusers' classic
+     ``AttnProcessor``, i.e. baddbmm + softmax as diffusers 0.11.1 computes it in the official code).
+2. One attention layer of the motion module at the top level (C=320, the largest token counts) on
+   (B·F, H·W, C) tokens: temporal-only (Temporal_Self), damped global attention (DGA), full 3-D attention over
+   all F·H·W tokens; each with SDPA and with the explicit score matrix. Configurations whose score matrix or
+   FLOPs would not fit this machine are skipped with the estimate printed instead.
+
+Peak memory = the highest resident set size sampled (every ~2 ms) during the call, minus the RSS before it.
+Run under the shared lock so only one big benchmark runs at a time:
+
+    flock /tmp/cococo-bench.lock .venv/bin/python bench/bench_unet.py [--frames 8] [--size 256] [--quick]
+
+Prints tables and writes ``bench/results/bench_unet.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cococo_core.attention import attention_backend  # noqa: E402
+from cococo_core.models.motion_attention import (  # noqa: E402
+    DampedGlobalAttention,
+    TemporalSelfAttention,
+    VideoGeometry,
+    dga_grid,
+)
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+GIB = 1024**3
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE
+
+
+class PeakRSS:
+    """Samples the resident set size in a thread while the ``with`` block runs (torch releases the GIL)."""
+
+    def __enter__(self):
+        self.start = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def extra_gib(self) -> float:
+        return (self.peak - self.start) / GIB
+
+
+def _measure(function, repeat: int):
+    """(best seconds, peak extra GiB over the runs)."""
+    best, peak = float("inf"), 0.0
+    for _ in range(repeat):
+        with torch.no_grad(), PeakRSS() as memory:
+            started = time.perf_counter()
+            function()
+            best = min(best, time.perf_counter() - started)
+        peak = max(peak, memory.extra_gib)
+    return best, peak
+
+
+# ---------------------------------------------------------------------------------------------- full U-Net
+def bench_full_unet(batch: int, frames: int, size: int, repeat: int) -> list[dict]:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from cococo_core.models.sd15 import SD15_INPAINT_UNET_CONFIG
+    from cococo_core.models.video_unet import VideoUNet
+
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15_INPAINT_UNET_CONFIG).eval()
+    video = VideoUNet(unet)
+    with torch.no_grad():  # random non-zero proj_out so the motion modules are not the identity
+        for _, module in video.motion_modules:
+            module.temporal_transformer.proj_out.weight.normal_(0, 0.02)
+    params = sum(p.numel() for p in video.parameters())
+    print(f"built the full-size video U-Net: {params / 1e6:.1f} M params, {video.num_motion_modules} motion modules, "
+          f"{time.perf_counter() - started:.0f} s")
+    latent = size // 8
+    sample = torch.randn(batch, 9, frames, latent, latent)
+    text = torch.randn(batch, 77, 768)
+    rows = []
+    variants = (("ours: SDPA", "sdpa", AttnProcessor2_0()), ("official-style: explicit scores", "naive", AttnProcessor()))
+    with torch.no_grad():  # warm-up (first-call allocations, kernel selection)
+        video(sample[:, :, :1], 500, text)
+    for label, backend, processor in variants:
+        unet.set_attn_processor(processor)
+        with attention_backend(backend):
+            seconds, peak = _measure(lambda: video(sample, 500, text), repeat)
+        rows.append(dict(variant=label, batch=batch, frames=frames, size=size, seconds=seconds, peak_extra_gib=peak))
+        print(f"  {label:34s} {seconds:7.2f} s  peak +{peak:5.2f} GiB")
+    unet.set_attn_processor(AttnProcessor2_0())
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- attention layer
+def _tokens_of(kind: str, frames: int, height: int, width: int) -> int:
+    if kind == "temporal":
+        return frames
+    if kind == "dga":
+        grid = dga_grid(height, width)
+        return frames * grid[0] * grid[1]
+    return frames * height * width
+
+
+def _cost(kind: str, batch: int, frames: int, height: int, width: int, dim: int):
+    """(score-matrix GiB of the explicit variant, attention GFLOP) for one layer call."""
+    length = _tokens_of(kind, frames, height, width)
+    sequences = batch * (height * width if kind == "temporal" else 1)
+    scores = sequences * 8 * length * length * 4 / GIB
+    flops = 4 * sequences * length * length * dim / 1e9
+    return scores, flops
+
+
+def _layer(kind: str, dim: int):
+    if kind == "temporal":
+        return TemporalSelfAttention(dim)
+    layer = DampedGlobalAttention(dim)
+    if kind == "full3d":
+        layer.damped_height = None
+    return layer
+
+
+def bench_layers(batch: int, dim: int, shapes, repeat: int, max_scores_gib: float, max_gflop: float) -> list[dict]:
+    rows = []
+    for latent, frames in shapes:
+        hidden = torch.randn(batch * frames, latent * latent, dim)
+        geometry = VideoGeometry(frames, latent, latent)
+        for kind in ("temporal", "dga", "full3d"):
+            layer = _layer(kind, dim).eval()
+            scores, gflop = _cost(kind, batch, frames, latent, latent, dim)
+            for backend in ("sdpa", "naive"):
+                row = dict(latent=latent, frames=frames, kind=kind, backend=backend,
+                           tokens=_tokens_of(kind, frames, latent, latent), scores_gib=scores, gflop=gflop)
+                too_big = gflop > max_gflop or (backend == "naive" and 2 * scores > max_scores_gib)
+                if too_big:
+                    row.update(seconds=None, peak_extra_gib=None, skipped=True)
+                else:
+                    with attention_backend(backend):
+                        seconds, peak = _measure(lambda: layer(hidden, geometry), repeat)
+                    row.update(seconds=seconds, peak_extra_gib=peak, skipped=False)
+                rows.append(row)
+                shown = "skipped" if too_big else f"{row['seconds']:8.3f} s  +{row['peak_extra_gib']:6.2f} GiB"
+                print(f"  {latent:3d}x{latent:<3d} F={frames:<3d} {kind:8s} {backend:5s} tokens/seq {row['tokens']:6d}  "
+                      f"scores {scores:7.2f} GiB  {gflop:8.1f} GFLOP  {shown}")
+    return rows
+
+
+def _table_full(rows) -> str:
+    base = next(r for r in rows if r["variant"].startswith("official"))
+    lines = ["| variant | B x F, size | time (s) | peak extra RAM (GiB) | speed-up vs official-style |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['batch']} x {r['frames']}, {r['size']}x{r['size']} | {r['seconds']:.2f} | "
+                     f"{r['peak_extra_gib']:.2f} | {base['seconds'] / r['seconds']:.2f}x |")
+    return "\n".join(lines)
+
+
+def _fmt(row, key, pattern):
+    return "—" if row.get("skipped") else pattern.format(row[key])
+
+
+def _table_layers(rows) -> str:
+    lines = ["| latent | F | attention | tokens per sequence | score matrix (GiB) | SDPA time (s) | SDPA peak (GiB) | "
+             "explicit time (s) | explicit peak (GiB) | explicit / SDPA time | time vs DGA (SDPA) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    index = {(r["latent"], r["frames"], r["kind"], r["backend"]): r for r in rows}
+    for (latent, frames, kind, backend), sdpa in index.items():
+        if backend != "sdpa":
+            continue
+        naive = index[(latent, frames, kind, "naive")]
+        dga = index[(latent, frames, "dga", "sdpa")]
+        ratio = ("—" if sdpa.get("skipped") or naive.get("skipped") else f"{naive['seconds'] / sdpa['seconds']:.2f}x")
+        vs_dga = ("—" if sdpa.get("skipped") or dga.get("skipped") else f"{sdpa['seconds'] / dga['seconds']:.2f}x")
+        lines.append(
+            f"| {latent}x{latent} | {frames} | {kind} | {sdpa['tokens']} | {sdpa['scores_gib']:.2f} | "
+            f"{_fmt(sdpa, 'seconds', '{:.3f}')} | {_fmt(sdpa, 'peak_extra_gib', '{:.2f}')} | "
+            f"{_fmt(naive, 'seconds', '{:.3f}')} | {_fmt(naive, 'peak_extra_gib', '{:.2f}')} | {ratio} | {vs_dga} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=2, help="videos per U-Net call (default 2)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per video for the full U-Net (default 8)")
+    parser.add_argument("--size", type=int, default=256, help="frame size in pixels for the full U-Net (default 256)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per configuration, best is kept (default 1)")
+    parser.add_argument("--quick", action="store_true", help="small layer shapes only and no full U-Net (smoke run)")
+    parser.add_argument("--skip-unet", action="store_true", help="only the attention-layer table")
+    parser.add_argument("--max-scores-gib", type=float, default=6.0,
+                        help="skip explicit-score runs whose score matrix + softmax copy exceed this (default 6)")
+    parser.add_argument("--max-gflop", type=float, default=400.0, help="skip layer runs above this many GFLOP")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "bench_unet.json"), help="JSON file")
+    args = parser.parse_args(argv)
+
+    torch.set_flush_denormal(True)
+    info = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
+                device="cpu", dtype="float32")
+    print(f"torch {info['torch']}, {info['threads']} threads, CPU fp32")
+    results = dict(info=info)
+    shapes = [(16, 8), (32, 8)] if args.quick else [(16, 8), (32, 8), (32, 16), (64, 8), (64, 16)]
+    print("\nOne motion attention layer (C=320, batch %d):" % args.batch)
+    results["layers"] = bench_layers(args.batch, 320, shapes, args.repeat, args.max_scores_gib, args.max_gflop)
+    if not (args.quick or args.skip_unet):
+        print(f"\nFull-size video U-Net, B={args.batch}, F={args.frames}, {args.size}x{args.size}:")
+        results["full_unet"] = bench_full_unet(args.batch, args.frames, args.size, args.repeat)
+        print("\n" + _table_full(results["full_unet"]))
+    print("\n" + _table_layers(results["layers"]))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
