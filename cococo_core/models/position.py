@@ -26,7 +26,7 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
     return table
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=16)
 def _cached(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return sinusoidal_encoding(length, dim).to(device=device, dtype=dtype)
 
