@@ -271,3 +271,9 @@ def test_bad_call_shapes_are_refused(loaded):
         loaded(sample, 10, text[:1])
     with pytest.raises(ValueError, match="timestep"):
         loaded(sample, torch.tensor([1, 2, 3]), text)
+
+
+def test_a_unet_cannot_be_wrapped_twice(loaded):
+    with pytest.raises(ValueError, match="already carry motion modules"):
+        VideoUNet(loaded.unet)
+    assert loaded.num_motion_modules == 21

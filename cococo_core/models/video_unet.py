@@ -122,9 +122,11 @@ class VideoUNet(nn.Module):
         self._hooks = []
         first = next(unet.parameters())
         device = torch.device("meta") if motion_init == "empty" else first.device
-        for site in motion_sites(unet):
-            if hasattr(site.block, "motion_modules"):
-                raise ValueError(f"{site.prefix} already carries motion modules; wrap a plain UNet2DConditionModel")
+        sites = motion_sites(unet)
+        taken = [site.prefix for site in sites if hasattr(site.block, "motion_modules")]
+        if taken:
+            raise ValueError(f"{', '.join(taken)} already carry motion modules; wrap a plain UNet2DConditionModel")
+        for site in sites:
             with torch.device(device):
                 modules = nn.ModuleList([MotionModule(width, text_dim) for width in site.channels])
             site.block.motion_modules = modules.to(dtype=first.dtype)
