@@ -1,47 +1,20 @@
 """Checkpoint I/O for SD-1.x: safe reading, LDM <-> diffusers key mapping, detection, component loading.
 
-Names are resolved lazily so that reading a file does not import diffusers/transformers.
+Importing this package needs only torch (and safetensors); diffusers / transformers are imported when
+modules are built.
 """
-from __future__ import annotations
+from .base import SDComponents, SDState, load_sd_components, load_sd_state, load_tokenizer
+from .detect import CheckpointInfo, detect_checkpoint, detect_state, require_sd1
+from .ldm_keys import (
+    KeyMapping, LDMConversion, SDKeyMap, UNetKeyMap, UnknownKeyError, VAEKeyMap, diffusers_to_ldm, ema_key,
+    ldm_to_diffusers,
+)
+from .safe_load import CheckpointError, StateReader, UnsafeCheckpointError, load_state_dict, open_state, read_metadata
+from .stream import SDStream, open_sd
 
-import importlib
-
-_EXPORTS = {
-    "CheckpointError": ".safe_load",
-    "UnsafeCheckpointError": ".safe_load",
-    "StateReader": ".safe_load",
-    "load_state_dict": ".safe_load",
-    "open_state": ".safe_load",
-    "read_metadata": ".safe_load",
-    "KeyMapping": ".ldm_keys",
-    "LDMConversion": ".ldm_keys",
-    "SDKeyMap": ".ldm_keys",
-    "UNetKeyMap": ".ldm_keys",
-    "VAEKeyMap": ".ldm_keys",
-    "UnknownKeyError": ".ldm_keys",
-    "diffusers_to_ldm": ".ldm_keys",
-    "ldm_to_diffusers": ".ldm_keys",
-    "ema_key": ".ldm_keys",
-    "CheckpointInfo": ".detect",
-    "detect_checkpoint": ".detect",
-    "detect_state": ".detect",
-    "require_sd1": ".detect",
-    "SDComponents": ".base",
-    "SDState": ".base",
-    "load_sd_components": ".base",
-    "load_sd_state": ".base",
-    "load_tokenizer": ".base",
-    "SDStream": ".stream",
-    "open_sd": ".stream",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__all__ = [
+    "CheckpointError", "CheckpointInfo", "KeyMapping", "LDMConversion", "SDComponents", "SDKeyMap", "SDState",
+    "SDStream", "StateReader", "UNetKeyMap", "UnknownKeyError", "UnsafeCheckpointError", "VAEKeyMap",
+    "detect_checkpoint", "detect_state", "diffusers_to_ldm", "ema_key", "ldm_to_diffusers", "load_sd_components",
+    "load_sd_state", "load_state_dict", "load_tokenizer", "open_sd", "open_state", "read_metadata", "require_sd1",
+]
