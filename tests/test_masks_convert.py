@@ -113,6 +113,10 @@ def test_original_config_is_parsed_not_executed(dino_files, capfd):
     assert values["nheads"] == 2 and values["backbone"] == "swin_T_224_1k"
     assert "danger" not in values and "os" not in values
     assert "never run" not in capfd.readouterr().out
+    broken = original.parent.parent / "broken.cfg.py"
+    broken.write_text("nheads = (\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a readable GroundingDINO config"):
+        convert_dino.read_original_config(broken)
 
 
 def test_unknown_tensors_are_refused():

@@ -222,7 +222,10 @@ def read_original_config(path: str | Path) -> dict:
     The file is parsed, never executed: anything that is not a plain literal is skipped.
     """
     values = {}
-    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable GroundingDINO config file ({error})") from None
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
