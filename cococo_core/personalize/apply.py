@@ -77,7 +77,7 @@ class WeightBackup:
 
     def source(self, live: Dict[str, Dict[str, torch.Tensor]]) -> ModelSource:
         components = {c: _OverlaySource(t, self.saved.setdefault(c, {})) for c, t in live.items()}
-        return ModelSource("<original weights (backup)>", components, "memory")
+        return ModelSource("<original weights (backup)>", components)
 
     def restore(self, targets: Mapping[str, Target]) -> int:
         """Copy every saved original back into ``targets``; returns how many tensors were restored."""

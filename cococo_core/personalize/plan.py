@@ -22,6 +22,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..checkpoints import ldm_keys
+from ..checkpoints.safe_load import CheckpointError
 from . import family
 from .lora_names import LoraTargets
 from .loras import LoraSpec, LoraStack
@@ -107,15 +108,18 @@ class MergePlan:
     def _open(self, source, role: str, **kwargs) -> Optional[ModelSource]:
         if source is None:
             return None
-        model = open_model(source, **kwargs)
+        try:
+            model = open_model(source, **kwargs)
+        except CheckpointError as error:
+            raise type(error)(f"{role} model: {error}") from None
         if model is not source:
             self._opened.append(model)
         return model
 
     def _open_and_check(self, recipe: MergeRecipe) -> None:
-        self.inpaint = self._open(recipe.inpaint, "inpaint")
-        self.base = self._open(recipe.base, "base")
-        self.personal = self._open(recipe.personal, "personal", use_ema=recipe.use_ema)
+        self.inpaint = self._open(recipe.inpaint, "inpainting")
+        self.base = self._open(recipe.base, "SD-1.5 base")
+        self.personal = self._open(recipe.personal, "personalized", use_ema=recipe.use_ema)
         specs = recipe.lora_specs()
         self.report = MergeReport(self.alpha, dict(self.betas))
         if self.inpaint is None or self.inpaint.get("unet") is None:
@@ -133,10 +137,9 @@ class MergePlan:
             if model is not None:
                 for key, reason in model.ignored.items():
                     self.report.add_unused(f"{label} {model.name}", key, reason)
-        if self.personal is not None and self.personal.kind == "single-file" and any(
-                k.startswith(ldm_keys.EMA_PREFIX) for k in self.personal.file_keys):
+        if self.personal is not None and self.personal.info is not None and self.personal.info.has_ema:
             self.report.notes.append("personalized file has EMA weights; using the " +
-                                     ("EMA" if recipe.use_ema else "non-EMA") + " U-Net")
+                                     ("EMA" if self.personal.used_ema else "non-EMA") + " U-Net")
         self.keys: Dict[str, List[str]] = {}
         self._tau_shapes: Dict[Tuple[str, str], Tuple[int, ...]] = {}
         for component in recipe.components:

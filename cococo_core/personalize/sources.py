@@ -2,26 +2,24 @@
 
 A :class:`ModelSource` gives ``unet`` / ``text_encoder`` / ``vae`` :class:`ComponentSource` s whose
 keys are the names of diffusers' ``UNet2DConditionModel`` / ``AutoencoderKL`` and transformers 5's
-``CLIPTextModel`` state dicts. Nothing is read until :meth:`ComponentSource.get` asks for one tensor,
-so a merge never holds more than the tensor it is working on (safetensors are memory-mapped;
-``.ckpt`` files are read with ``torch.load(weights_only=True, mmap=True)`` by
-:mod:`cococo_core.checkpoints.safe_load`).
-
-Inputs: an SD-1.x single file (LDM layout, ``.safetensors`` or weights-only ``.ckpt``), a diffusers
-folder (``unet/``, ``text_encoder/``, ``vae/`` sub-folders), in-memory modules or state dicts.
+``CLIPTextModel`` state dicts. Files are opened with :func:`cococo_core.checkpoints.stream.open_sd`
+(single LDM files and diffusers folders, detection of the model family, EMA selection); nothing is
+read until :meth:`ComponentSource.get` asks for one tensor, so a merge never holds more than the
+tensor it is working on. In-memory modules and state dicts are wrapped without copying.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from ..checkpoints import ldm_keys
-from ..checkpoints.safe_load import StateReader, open_state
+from ..checkpoints.detect import CheckpointInfo
+from ..checkpoints.safe_load import open_state
+from ..checkpoints.stream import SDStream, open_sd
 
 COMPONENTS = ldm_keys.COMPONENTS  # ("unet", "vae", "text_encoder")
 
@@ -42,45 +40,29 @@ class ComponentSource:
         raise NotImplementedError
 
     def __contains__(self, key: object) -> bool:
-        return key in self._key_set()
-
-    def _key_set(self):
         cached = getattr(self, "_keys_cache", None)
         if cached is None:
             cached = self._keys_cache = set(self.keys())
-        return cached
-
-    def __len__(self) -> int:
-        return len(self._key_set())
+        return key in cached
 
 
-class MappedSource(ComponentSource):
-    """Keys of a :class:`StateReader` renamed (and reshaped) into one component's names."""
+class StreamSource(ComponentSource):
+    """One component of an :class:`SDStream`."""
 
-    def __init__(self, reader: StateReader, mapping: Mapping[str, Tuple[str, Optional[Callable]]]):
-        self._reader = reader
-        self._mapping = dict(mapping)  # component key -> (file key, transform)
+    def __init__(self, stream: SDStream, component: str):
+        self._stream, self._component = stream, component
 
     def keys(self) -> List[str]:
-        return list(self._mapping)
-
-    def file_key(self, key: str) -> str:
-        return self._mapping[key][0]
+        return self._stream.keys(self._component)
 
     def shape(self, key: str) -> Tuple[int, ...]:
-        file_key, transform = self._mapping[key]
-        shape = self._reader.shape(file_key)
-        if transform is not None:
-            shape = tuple(transform(torch.empty(shape, device="meta")).shape)
-        return tuple(shape)
+        return tuple(self._stream.shape(self._component, key))
 
     def dtype(self, key: str) -> torch.dtype:
-        return self._reader.dtype(self._mapping[key][0])
+        return self._stream.dtype(self._component, key)
 
     def get(self, key: str) -> torch.Tensor:
-        file_key, transform = self._mapping[key]
-        tensor = self._reader.get(file_key)
-        return transform(tensor) if transform is not None else tensor
+        return self._stream.get(self._component, key)
 
 
 class DictSource(ComponentSource):
@@ -119,23 +101,21 @@ def normalize_key(component: str, key: str) -> Optional[str]:
 
 @dataclass
 class ModelSource:
-    """One SD-1.x model: its components, what file(s) it came from and keys it had that are not weights."""
+    """One SD-1.x model: its components, what it was detected as, and file keys that are not merged."""
 
     name: str
     components: Dict[str, ComponentSource]
-    kind: str  # "single-file" | "diffusers" | "memory"
+    info: Optional[CheckpointInfo] = None  # None for in-memory models
     ignored: Dict[str, str] = field(default_factory=dict)  # file key -> reason it is not merged
-    metadata: Dict[str, str] = field(default_factory=dict)
-    file_keys: List[str] = field(default_factory=list)
-    readers: List[StateReader] = field(default_factory=list)
+    used_ema: bool = False
+    stream: Optional[SDStream] = None
 
     def get(self, component: str) -> Optional[ComponentSource]:
         return self.components.get(component)
 
     def close(self) -> None:
-        for reader in self.readers:
-            reader.close()
-        self.readers.clear()
+        if self.stream is not None:
+            self.stream.close()
 
     def __enter__(self) -> "ModelSource":
         return self
@@ -144,88 +124,24 @@ class ModelSource:
         self.close()
 
 
-def _single_file(path: Path, *, use_ema: bool) -> ModelSource:
-    reader = open_state(path)
-    keys = reader.keys()
-    key_map = ldm_keys.SDKeyMap.from_ldm_keys(keys)
-    ema = {k for k in keys if k.startswith(ldm_keys.EMA_PREFIX)}
-    per_component: Dict[str, Dict[str, Tuple[str, Optional[Callable]]]] = {c: {} for c in COMPONENTS}
-    ignored: Dict[str, str] = {}
+def _unused_file_keys(path: Path, stream: SDStream, use_ema: bool) -> Dict[str, str]:
+    """Keys of a single file that feed no component weight, with the reason."""
+    consumed = {stream.source_key(c, k) for c in stream.components for k in stream.keys(c)}
+    with open_state(path) as reader:
+        keys = reader.keys()
+    ignored = {}
     for key in keys:
-        if key in ema:
+        if key in consumed:
             continue
-        try:
-            target = key_map.to_diffusers(key)
-        except ldm_keys.UnknownKeyError as error:
-            ignored[key] = str(error)
-            continue
-        if target is None:
-            ignored[key] = ("CLIP position_ids buffer; never merged (the output gets a fresh one)"
-                            if key.endswith("position_ids") else "not a model weight (buffer or marker); never merged")
-            continue
-        file_key = key
-        if use_ema and target.component == "unet":
-            candidate = ldm_keys.ema_key(key)
-            if candidate in ema:
-                file_key = candidate
-        per_component[target.component][target.key] = (file_key, target.transform)
-    used = {file_key for mapping in per_component.values() for file_key, _ in mapping.values()}
-    for key in ema - used:
-        ignored[key] = "EMA copy of a U-Net weight; " + ("no matching U-Net key" if use_ema else "non-EMA weights are used (use_ema=False)")
-    components = {c: MappedSource(reader, m) for c, m in per_component.items() if m}
-    return ModelSource(str(path), components, "single-file", ignored, dict(reader.metadata), keys, [reader])
-
-
-_FOLDER_FILES = {
-    "unet": ("diffusion_pytorch_model", "unet"),
-    "vae": ("diffusion_pytorch_model", "vae"),
-    "text_encoder": ("model", "text_encoder"),
-}
-_SUFFIX_ORDER = (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin")
-
-
-def _folder_file(folder: Path, component: str) -> Optional[Path]:
-    stem, sub = _FOLDER_FILES[component]
-    names = [stem, "pytorch_model"] if component == "text_encoder" else [stem]
-    for name in names:
-        for suffix in _SUFFIX_ORDER:
-            candidate = folder / sub / (name + suffix)
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _diffusers_folder(path: Path) -> ModelSource:
-    components: Dict[str, ComponentSource] = {}
-    readers: List[StateReader] = []
-    ignored: Dict[str, str] = {}
-    for component in COMPONENTS:
-        file = _folder_file(path, component)
-        if file is None:
-            continue
-        reader = open_state(file)
-        readers.append(reader)
-        mapping = {}
-        for key in reader.keys():
-            name = normalize_key(component, key)
-            if name is None:
-                ignored[f"{component}/{key}"] = "constant buffer; never merged"
-            else:
-                mapping[name] = (key, None)
-        components[component] = MappedSource(reader, mapping)
-    metadata = {}
-    scheduler = path / "scheduler" / "scheduler_config.json"
-    if scheduler.is_file():
-        try:
-            prediction = json.loads(scheduler.read_text(encoding="utf-8")).get("prediction_type")
-        except (OSError, ValueError, AttributeError):
-            prediction = None
-        if isinstance(prediction, str):
-            metadata["prediction_type"] = prediction
-    if "unet" not in components:
-        raise FileNotFoundError(f"{path}: is a folder but has no unet/diffusion_pytorch_model.safetensors (or .bin); "
-                                "expected a diffusers Stable Diffusion folder or a single-file checkpoint")
-    return ModelSource(str(path), components, "diffusers", ignored, metadata, [], readers)
+        if key.endswith("position_ids"):
+            ignored[key] = "CLIP position_ids buffer; never merged (the output gets a fresh one)"
+        elif key.startswith(ldm_keys.EMA_PREFIX):
+            ignored[key] = "EMA copy of the U-Net; " + ("not a U-Net weight" if use_ema else "the non-EMA weights are used")
+        elif key.startswith(ldm_keys.UNET_PREFIX):
+            ignored[key] = "non-EMA U-Net weight; the EMA copy is used"
+        else:
+            ignored[key] = "not a weight of an SD-1.x U-Net, text encoder or VAE"
+    return ignored
 
 
 def open_model(source, *, use_ema: bool = False) -> ModelSource:
@@ -233,6 +149,7 @@ def open_model(source, *, use_ema: bool = False) -> ModelSource:
     ``{component: nn.Module | state dict}`` or an existing :class:`ModelSource` (returned as is).
 
     ``use_ema``: for single files that carry ``model_ema.*`` copies, read the U-Net from them.
+    SD-2.x / SDXL / non-SD files are refused by :func:`open_sd` with what was found.
     """
     if isinstance(source, ModelSource):
         return source
@@ -245,10 +162,15 @@ def open_model(source, *, use_ema: bool = False) -> ModelSource:
                 raise ValueError(f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
             state = value.state_dict(keep_vars=True) if isinstance(value, torch.nn.Module) else value
             components[component] = DictSource(state, lambda k, c=component: normalize_key(c, k))
-        return ModelSource("<in memory>", components, "memory")
+        return ModelSource("<in memory>", components)
     path = Path(os.fspath(source))
-    if path.is_dir():
-        return _diffusers_folder(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
-    return _single_file(path, use_ema=use_ema)
+    stream = open_sd(path, use_ema=use_ema and not path.is_dir())
+    try:
+        ignored = {} if path.is_dir() else _unused_file_keys(path, stream, use_ema)
+    except BaseException:
+        stream.close()
+        raise
+    components = {c: StreamSource(stream, c) for c in stream.components}
+    return ModelSource(str(path), components, stream.info, ignored, stream.used_ema, stream)
