@@ -150,7 +150,7 @@ def test_four_channel_base_is_refused(comfy_env):
     shutil.copy(tiny_models.ldm_file(in_channels=4), comfy_env["root"] / "models" / "checkpoints" / "sd15.safetensors")
     prompt = _fast(_api("cococo_inpaint_drawn_mask.json"))
     prompt["4"]["inputs"]["base_model"] = "checkpoints/sd15.safetensors"
-    with pytest.raises(ValueError, match="9"):
+    with pytest.raises(ValueError, match="4 input channels.*9-channel"):
         wx.execute(prompt, CLASSES)
 
 
