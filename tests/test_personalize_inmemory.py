@@ -115,3 +115,20 @@ def test_transformers4_text_prefix_and_wrong_targets(files):
         personalize_modules({"unet": dict(tiny_models.component_state(4, 0)["unet"])}, recipe(files, 1.0))
     with pytest.raises(ValueError, match="WeightBackup"):
         personalize_modules(targets(), recipe(files, 1.0, inpaint=False))
+
+
+def test_cast_once_into_the_target_dtype(files, tmp_path):
+    """Modules upcast to fp32 from an fp16 file get the unrounded fp32 merge (one cast, into the target's dtype)."""
+    state16 = {k: v.half() if v.is_floating_point() else v for k, v in tiny_models.ldm_state(9, 1).items()}
+    inpaint16 = tiny_models.write_ldm_file(tmp_path / "inpaint16.safetensors", state16)
+    live = {"unet": {k: v.half().float() for k, v in tiny_models.component_state(9, 1)["unet"].items()}}
+    merge = MergeRecipe(inpaint=inpaint16, base=files["base"], personal=files["personal"], alpha=0.9, beta=1.5,
+                        components=("unet",))
+    personalize_modules(live, merge)
+    rounded = 0
+    with MergePlan(merge, dtype=torch.float32) as plan:
+        for _, key in plan.items():
+            value = plan.compute("unet", key)
+            assert torch.equal(live["unet"][key], value), key
+            rounded += int(not torch.equal(value.half().float(), value))
+    assert rounded > 0

@@ -111,7 +111,7 @@ def personalize_modules(targets: Mapping[str, Target], recipe: MergeRecipe, *, b
             raise ValueError("give the inpainting model (recipe.inpaint) or a WeightBackup holding the original weights")
         recipe = replace(recipe, inpaint=backup.source(live))
     recipe = replace(recipe, components=tuple(c for c in recipe.components if c in live))
-    with MergePlan(recipe, device=device) as plan:
+    with MergePlan(recipe, dtype=torch.float32, device=device) as plan:  # cast once, into each target's dtype
         work = []
         for component, key in plan.items():
             if is_motion_key(key):
