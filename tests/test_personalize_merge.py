@@ -4,8 +4,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tiny_models
-from cococo_core.checkpoints import UnsafeCheckpointError, load_state_dict
-from cococo_core.checkpoints.ldm_keys import ldm_to_diffusers
+from cococo_core.checkpoints import UnsafeCheckpointError
 from cococo_core.personalize import LoraSpec, MergePlan, MergeRecipe, save_merged
 
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -192,13 +191,14 @@ def test_output_matches_save_file_and_loads_back(files, tmp_path):
     assert set(streamed) == set(whole) == set(load_file(str(files["inpaint"])))
     assert all(torch.equal(streamed[k], whole[k]) and streamed[k].dtype == whole[k].dtype for k in whole)
 
-    loaded = load_state_dict(tmp_path / "stream.safetensors")
-    conversion = ldm_to_diffusers(loaded)
-    assert not conversion.unknown
-    modules = tiny_models.components(9, 1)
-    for name, module in modules.items():
-        missing, unexpected = module.load_state_dict(conversion.components[name], strict=False)
-        assert not unexpected and not [m for m in missing if not m.endswith("position_ids")], name
+    from cococo_core.checkpoints.base import load_sd_components
+
+    loaded = load_sd_components(tmp_path / "stream.safetensors", components=("unet", "vae", "text_encoder"))
+    assert loaded.source.is_inpainting and loaded.source.family == "sd1"
+    with MergePlan(recipe) as plan:
+        for component, key in plan.items():
+            module_state = getattr(loaded, component).state_dict()
+            assert torch.equal(module_state[key], plan.compute(component, key)), (component, key)
 
 
 def test_diffusers_folder_inputs_equal_single_files(files, tmp_path):
