@@ -146,6 +146,10 @@ class LGVIIModels:
     quantization: str | None
 
 
+def _weight_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.suffix in comfy.WEIGHT_EXTENSIONS)
+
+
 class CoCoCoLGVIILoader:
     @classmethod
     def INPUT_TYPES(cls):
@@ -227,6 +231,7 @@ class CoCoCoLGVIChat:
         if sampling["width"] or sampling["height"]:
             size = (sampling["width"] or frames.shape[2], sampling["height"] or frames.shape[1])
         cancel = comfy.interrupt_check()
+        comfy.free_memory(_weight_bytes(lgvi_i.llava_path), device)  # room for LLaVA, loaded straight to the device
         with contextlib.ExitStack() as stack:
             def diffusion_model(path, **_):  # after the chat model is freed: the cached pipeline, on the device
                 pipe = load_lgvi_path(Path(path), dtype, text_encoder=False)

@@ -124,11 +124,11 @@ def test_drawn_mask_inpainting_workflow(comfy_env):
 
 
 def test_single_file_base_and_model_reuse(comfy_env):
-    prompt = _fast(_api("cococo_inpaint_drawn_mask.json"))
-    prompt["4"]["inputs"]["base_model"] = "checkpoints/sd-v1-5-inpainting.safetensors"
-    first = wx.execute(prompt, CLASSES)["4"][0][0]
-    second = wx.execute(prompt, CLASSES)["4"][0][0]
+    loader = nodes.NODE_CLASS_MAPPINGS["CoCoCoModelLoader"]()
+    first = loader.load("checkpoints/sd-v1-5-inpainting.safetensors", "cococo_official", "auto", False)[0]
+    second = loader.load("checkpoints/sd-v1-5-inpainting.safetensors", "cococo_official", "auto", False)[0]
     assert first.pipeline is second.pipeline  # loaded once, kept across runs
+    assert first.pipeline.tokenizer is not None  # ComfyUI's comfy/sd1_tokenizer was found for the single file
 
 
 def test_cancel_during_sampling_raises_comfyui_interrupt(comfy_env):
