@@ -289,3 +289,13 @@ def test_cococo_parity_and_the_deliberate_linear_scale_fix():
     conv_up, conv_down = rand(32, 16, 1, 1, seed=97), rand(16, 32, 3, 3, seed=98)
     official_conv = 8.0 * (conv_up.permute(0, 2, 3, 1).reshape(32, 16) @ conv_down.reshape(16, -1)).reshape(32, 32, 3, 3) / 16
     torch.testing.assert_close(lora_delta.lora(conv_up, conv_down, (32, 32, 3, 3), alpha=8.0), official_conv, rtol=1e-5, atol=1e-5)
+
+
+def test_text_encoder_lora_reported_when_text_is_not_merged(models):
+    up, down = rand(32, 4, seed=99), rand(4, 32, seed=100)
+    name = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    state = {f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": down}
+    recipe = MergeRecipe(inpaint=models["inpaint"], loras=[LoraSpec(state, 1.0, name="te")], components=("unet", "vae"))
+    with MergePlan(recipe) as plan:
+        assert "text_encoder" not in plan.keys
+        assert plan.report.unused["LoRA te"] == {k: "text_encoder is not being merged" for k in state}

@@ -215,11 +215,12 @@ class MergePlan:
         aliases: Dict[str, Dict[str, List[str]]] = {}
         unet = self.inpaint.get("unet")
         unet_map = ldm_keys.UNetKeyMap.from_diffusers_keys(unet.keys())
-        for component, keys in self.keys.items():
-            if component == "vae":
+        for component in ("unet", "text_encoder"):  # merged or not, so that skipped LoRA layers are named as such
+            source = self.inpaint.get(component)
+            if source is None:
                 continue
             table = aliases.setdefault(component, {})
-            for key in keys:
+            for key in source.keys():
                 others = []
                 if component == "unet":
                     try:
