@@ -44,15 +44,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _Progress:
+    """A bar redrawn in place on a terminal; one line per 10 % otherwise (logs, CI)."""
+
     def __init__(self, enabled: bool):
         self.enabled, self.start = enabled, time.monotonic()
+        self.tty, self.last = sys.stderr.isatty(), -1
 
     def __call__(self, step: int, total: int, _value) -> None:
-        if self.enabled and (step == total or step % 25 == 0):
-            width = 30
-            done = int(width * step / max(total, 1))
-            print(f"\rmerging [{'#' * done}{'.' * (width - done)}] {step}/{total} tensors, "
-                  f"{time.monotonic() - self.start:.0f}s", end="\n" if step == total else "", file=sys.stderr, flush=True)
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.start
+        if self.tty and (step == total or step % 25 == 0):
+            done = int(30 * step / max(total, 1))
+            print(f"\rmerging [{'#' * done}{'.' * (30 - done)}] {step}/{total} tensors, {elapsed:.0f}s",
+                  end="\n" if step == total else "", file=sys.stderr, flush=True)
+        elif not self.tty and (tenth := 10 * step // max(total, 1)) != self.last:
+            self.last = tenth
+            print(f"merging: {step}/{total} tensors, {elapsed:.0f}s", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

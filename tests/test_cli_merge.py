@@ -41,7 +41,7 @@ def test_full_merge_with_lora_strength_equals_the_library(files, tmp_path, capsy
                  str(files["personal"]), "--lora", f"{files['lora']}:0.5", "--alpha", "0.9", "--beta", "1.5",
                  "--beta-text", "0.5", "--dtype", "fp16", "--out", str(out)])
     captured = capsys.readouterr()
-    assert code == 0 and "LoRA delta on 1" in captured.out and "merging [" in captured.err
+    assert code == 0 and "LoRA delta on 1" in captured.out and "merging: " in captured.err
     library = tmp_path / "library.safetensors"
     save_merged(MergeRecipe(inpaint=files["inpaint"], base=files["base"], personal=files["personal"],
                             loras=[LoraSpec(files["lora"], 0.5)], alpha=0.9, beta=1.5, beta_text=0.5),
