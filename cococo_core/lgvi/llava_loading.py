@@ -24,7 +24,7 @@ import os
 import torch
 from torch import nn
 
-from ._compat import load_tensor_file
+from ._compat import load_tensor_file, read_weight_folder
 from .unet_loading import CheckpointKeyError, compare_keys
 
 logger = logging.getLogger(__name__)
@@ -48,19 +48,7 @@ def is_llava_hf_folder(folder: str) -> bool:
 
 def read_folder_state(folder: str) -> dict[str, torch.Tensor]:
     """All tensors of a transformers-style folder (single file or shards listed in an index)."""
-    for name in _SHARD_INDEXES:
-        index = os.path.join(folder, name)
-        if os.path.isfile(index):
-            state = {}
-            for shard in sorted(set(_read_json(index)["weight_map"].values())):
-                if os.path.basename(shard) != shard:
-                    raise ValueError(f"{index}: shard name {shard!r} must be a plain file name")
-                state.update(load_tensor_file(os.path.join(folder, shard)))
-            return state
-    for name in _SINGLE_FILES:
-        if os.path.isfile(os.path.join(folder, name)):
-            return load_tensor_file(os.path.join(folder, name))
-    raise FileNotFoundError(f"no weights in {folder} (looked for {', '.join(_SHARD_INDEXES + _SINGLE_FILES)})")
+    return read_weight_folder(folder, _SHARD_INDEXES, _SINGLE_FILES)
 
 
 def load_tokenizer(folder: str):

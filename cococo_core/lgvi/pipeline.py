@@ -59,6 +59,13 @@ class LGVIPipeline:
     def device(self) -> torch.device:
         return self.unet.device
 
+    def to(self, device=None, dtype=None) -> "LGVIPipeline":
+        """Move (and cast) the U-Net, VAE and text encoder; returns self."""
+        for module in (self.unet, self.vae, self.text_encoder):
+            if module is not None:
+                module.to(device=device, dtype=dtype)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype

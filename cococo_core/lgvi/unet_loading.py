@@ -8,14 +8,13 @@ shape mismatches are listed (grouped, so 16 temporal layers read as one line) in
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections import Counter
 
 import torch
 
-from ._compat import load_tensor_file
+from ._compat import read_weight_folder
 from .unet import LGVIUNet
 from .unet_config import LGVIUNetConfig, reconcile_with_weights
 
@@ -93,21 +92,7 @@ def _has_weights(folder: str) -> bool:
 
 
 def read_unet_state_dict(folder: str) -> dict[str, torch.Tensor]:
-    for name in INDEX_NAMES:
-        index_path = os.path.join(folder, name)
-        if os.path.isfile(index_path):
-            with open(index_path, encoding="utf-8") as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                if os.path.basename(shard) != shard:
-                    raise ValueError(f"{index_path}: shard name {shard!r} must be a plain file name")
-                state.update(load_tensor_file(os.path.join(folder, shard)))
-            return state
-    for name in WEIGHT_NAMES:
-        if os.path.isfile(os.path.join(folder, name)):
-            return load_tensor_file(os.path.join(folder, name))
-    raise FileNotFoundError(f"no U-Net weights in {folder} (looked for {', '.join(WEIGHT_NAMES)})")
+    return read_weight_folder(folder, INDEX_NAMES, WEIGHT_NAMES)
 
 
 def load_lgvi_unet(
