@@ -93,6 +93,8 @@ def _bnb_config(quantization: str, dtype):
         raise ValueError(f"quantization must be '4bit' or '8bit', got {quantization!r}")
     if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
         raise ValueError(f"{quantization} loading needs the 'bitsandbytes' package and a CUDA GPU; load without quantization instead")
+    if importlib.util.find_spec("accelerate") is None:
+        raise ValueError(f"{quantization} loading needs the 'accelerate' package (transformers places quantized weights with it)")
     from transformers import BitsAndBytesConfig  # noqa: PLC0415
 
     # the modules LGVI-I replaces (and the vision tower) stay in full precision
