@@ -113,3 +113,22 @@ def test_naive_and_sdpa_attention_agree():
         with attention_backend("sdpa"):
             sdpa, _ = model(z, 10, ctx, c)
     torch.testing.assert_close(naive, sdpa, rtol=1e-4, atol=1e-5)
+
+
+def test_full_size_parameter_count_matches_the_published_lgvi_i_file():
+    """lgvi-i's unet safetensors is 3.73 GB of fp32: SD-1.5 (859.52 M) + temporal attention (49.60 M)
+    + mask decoder (24.49 M) = 933.6 M parameters; the 4-channel variant differs by 320."""
+    from cococo_core.lgvi.unet_config import LGVIUNetConfig
+
+    with torch.device("meta"):
+        concat, separate = LGVIUNet(LGVIUNetConfig(in_channels=8)), LGVIUNet(LGVIUNetConfig(in_channels=4))
+    counts = {name: 0 for name in ("total", "temporal", "decoder")}
+    for key, param in concat.named_parameters():
+        counts["total"] += param.numel()
+        if key.startswith("mask_decoder."):
+            counts["decoder"] += param.numel()
+        elif ".attn_temp." in key or ".norm_temp." in key:
+            counts["temporal"] += param.numel()
+    assert round(counts["total"] / 1e6, 1) == 933.6 and round(counts["total"] * 4 / 1e9, 2) == 3.73
+    assert round(counts["temporal"] / 1e6, 2) == 49.60 and round(counts["decoder"] / 1e6, 2) == 24.49
+    assert sum(p.numel() for p in separate.parameters()) - counts["total"] == 320
