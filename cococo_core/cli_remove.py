@@ -118,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--model folder not found: {args.model}")
     if args.follow_up and not args.chat:
         raise ValueError("--follow-up needs the chat model (--chat); LGVI takes one referring expression")
+    if not args.chat and os.path.isdir(os.path.join(args.model, "llava")):
+        logger.warning("%s looks like LGVI-I (it has llava/); without --chat its U-Net gets CLIP text conditioning, "
+                       "which it was not trained with. Give --chat LLAVA_FOLDER for LGVI-I", args.model)
     requests = [args.text, *args.follow_up]
     check_output(args.out, args.fps or DEFAULT_FPS)
     if args.mask_out:
