@@ -150,6 +150,7 @@ class CoCoCoSampler:
             }
         }
 
+    SEARCH_ALIASES = ["video inpaint", "inpaint video", "replace object in video", "text-guided video inpainting"]
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("The inpainted frames, same count and size as the input.",)

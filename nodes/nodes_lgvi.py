@@ -115,6 +115,7 @@ class CoCoCoLGVIRemove:
             }
         }
 
+    SEARCH_ALIASES = ["remove object from video", "language-driven removal", "video object removal"]
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("images", "mask")
     OUTPUT_TOOLTIPS = ("The frames with the referred object removed, at the input size.",
@@ -209,6 +210,7 @@ class CoCoCoLGVIChat:
             }
         }
 
+    SEARCH_ALIASES = ["chat removal", "llava removal", "remove object by request"]
     RETURN_TYPES = ("STRING", "STRING", "IMAGE", "MASK")
     RETURN_NAMES = ("reply", "removal_phrase", "images", "mask")
     OUTPUT_TOOLTIPS = ("LLaVA's answer to the request.", "The removal phrase inside the reply's {{prompt}} marker "

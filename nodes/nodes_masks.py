@@ -114,6 +114,7 @@ class CoCoCoMaskFromText:
             },
         }
 
+    SEARCH_ALIASES = ["text to mask", "grounded sam", "segment by text", "video mask"]
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("mask", "preview")
     OUTPUT_TOOLTIPS = ("Per-frame masks of what the text names (1 = object).",

@@ -91,6 +91,7 @@ class CoCoCoPersonalize:
             },
         }
 
+    SEARCH_ALIASES = ["task vector", "merge lora", "dreambooth", "personalize video inpainting"]
     RETURN_TYPES = (COCOCO_PIPE, "STRING")
     RETURN_NAMES = ("cococo_pipe", "report")
     OUTPUT_TOOLTIPS = ("The personalized CoCoCo model.", "What was merged: weights changed per component, "

@@ -35,6 +35,7 @@ def test_node_contract(node_id):
     assert cls.CATEGORY.split("/")[0] == "CoCoCo"
     assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 20
     assert callable(getattr(cls, cls.FUNCTION))
+    assert all(isinstance(a, str) for a in getattr(cls, "SEARCH_ALIASES", []))
     assert isinstance(cls.RETURN_TYPES, tuple)
     for kind in cls.RETURN_TYPES:
         assert kind in CORE_TYPES | set(PACK_TYPES), f"unknown output type {kind}"
