@@ -277,3 +277,11 @@ def test_a_unet_cannot_be_wrapped_twice(loaded):
     with pytest.raises(ValueError, match="already carry motion modules"):
         VideoUNet(loaded.unet)
     assert loaded.num_motion_modules == 21
+
+
+def test_latent_sizes_that_are_not_multiples_of_8(loaded):
+    generator = torch.Generator().manual_seed(3)
+    sample = torch.randn(1, 9, 2, 13, 10, generator=generator)  # level 0 has H > 12: DGA resizes to 12 x 9
+    with torch.no_grad():
+        out = loaded(sample, 100, torch.randn(1, 77, 32, generator=generator))
+    assert out.shape == (1, 4, 2, 13, 10) and torch.isfinite(out).all()
