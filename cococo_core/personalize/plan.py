@@ -281,21 +281,24 @@ class MergePlan:
         return source.get(key) if source is not None and key in source else None
 
     def _merge_rows(self, inp, base, pers, delta, beta: float) -> torch.Tensor:
-        """lerp(pad(θ_SD1.5), θ_inpaint, α) + β·pad(θ_personal − θ_SD1.5 + Δ_LoRA) for a block of rows, in float32."""
-        a = inp.to(self.device, F32)
+        """lerp(pad(θ_SD1.5), θ_inpaint, α) + β·pad(θ_personal − θ_SD1.5 + Δ_LoRA) for a block of rows, in float32.
+
+        In place on fresh float32 copies (never on the inputs); the operations and their order are those of
+        ``p + α·(a − p) + β·τ``, so results are bit-identical to the out-of-place formula."""
         b = None if base is None else base.to(self.device, F32)
         if b is None or self.alpha == 1.0:
-            out = a
+            out = inp.to(self.device, F32, copy=True)
         elif self.alpha == 0.0:
-            out = _pad(b, a.shape)
+            out = _pad(b, inp.shape) if tuple(b.shape) != tuple(inp.shape) else b.clone()
         else:
-            padded = _pad(b, a.shape)
-            out = padded + self.alpha * (a - padded)
-        tau = None if pers is None else pers.to(self.device, F32) - b
+            padded = _pad(b, inp.shape)
+            out = inp.to(self.device, F32, copy=True).sub_(padded).mul_(self.alpha).add_(padded)
+        tau = None if pers is None else pers.to(self.device, F32, copy=True).sub_(b)
         if delta is not None:
-            tau = delta if tau is None else tau + delta
+            tau = delta.clone() if tau is None else tau.add_(delta)
         if tau is not None:
-            out = out + beta * _pad(tau, a.shape)
+            tau.mul_(beta)
+            (out if tau.shape == out.shape else out[:, : tau.shape[1]]).add_(tau)  # conv_in: channels 0-3 only
         return out
 
     def _lora_delta(self, component, key, shape, inp, base, pers) -> Optional[torch.Tensor]:
