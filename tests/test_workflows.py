@@ -25,6 +25,24 @@ def _api(name: str) -> dict:
     return json.loads((ROOT / "workflows" / "api" / name).read_text())
 
 
+def install_test_files(root: Path) -> None:
+    """The CoCoCo tiny models and the input files the shipped workflows name, under ``root/models`` and
+    ``root/input`` (a ComfyUI base directory)."""
+    models = root / "models"
+    shutil.copytree(tiny_models.sd_folder(), models / "diffusers" / "stable-diffusion-v1-5-inpainting")
+    shutil.copytree(tiny_models.motion_folder(), models / "cococo" / "cococo_official")
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_models.ldm_file(), models / "checkpoints" / "sd-v1-5-inpainting.safetensors")
+    inputs = root / "input"
+    inputs.mkdir(exist_ok=True)
+    generator = np.random.default_rng(0)
+    video = (generator.random((FRAMES, SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    iio.imwrite(inputs / "cococo_input.mp4", video, fps=8)
+    rgba = np.full((SIZE, SIZE, 4), 255, np.uint8)
+    rgba[16:40, 20:44, 3] = 0  # painted in the mask editor: transparent = region to inpaint
+    Image.fromarray(rgba).save(inputs / "cococo_mask.png")
+
+
 @pytest.fixture(scope="module")
 def comfy_root(tmp_path_factory):
     """One fake ComfyUI install for the module, with the tiny models and input files every shipped workflow
@@ -34,25 +52,13 @@ def comfy_root(tmp_path_factory):
         comfy_adapter.MODEL_CACHE.release()
         comfy_adapter.MODEL_CACHE.per_slot = 2  # both base layouts stay loaded across the tests
         comfy_adapter.register_model_folders()
-        models = root / "models"
-        shutil.copytree(tiny_models.sd_folder(), models / "diffusers" / "stable-diffusion-v1-5-inpainting")
-        shutil.copytree(tiny_models.motion_folder(), models / "cococo" / "cococo_official")
-        (models / "checkpoints").mkdir(parents=True, exist_ok=True)
-        shutil.copy(tiny_models.ldm_file(), models / "checkpoints" / "sd-v1-5-inpainting.safetensors")
-        tokenizer = root / "comfy" / "sd1_tokenizer"
+        install_test_files(root)
+        tokenizer = root / "comfy" / "sd1_tokenizer"  # the tiny CLIP's vocabulary stands in for ComfyUI's own
         shutil.rmtree(tokenizer)
         shutil.copytree(tiny_models.tokenizer_folder(), tokenizer)
         _install_mask_models(root)
         _install_personal_models(root)
         _install_lgvi_models(root)
-        inputs = root / "input"
-        inputs.mkdir()
-        generator = np.random.default_rng(0)
-        video = (generator.random((FRAMES, SIZE, SIZE, 3)) * 255).astype(np.uint8)
-        iio.imwrite(inputs / "cococo_input.mp4", video, fps=8)
-        rgba = np.full((SIZE, SIZE, 4), 255, np.uint8)
-        rgba[16:40, 20:44, 3] = 0  # painted in the mask editor: transparent = region to inpaint
-        Image.fromarray(rgba).save(inputs / "cococo_mask.png")
         state["root"] = root
         yield state
         comfy_adapter.MODEL_CACHE.release()
