@@ -247,3 +247,11 @@ def test_row_blocks_give_the_same_weights(files, monkeypatch):
     blocks, _ = sample(files, **kwargs)
     assert ("unet", "down_blocks.0.resnets.0.conv1.weight") in whole
     assert all(torch.equal(whole[item], blocks[item]) for item in whole)
+
+
+def test_report_counts(files):
+    _, report = sample(files, every=10**6, alpha=0.5, beta=1.0)
+    unet = report.components["unet"]
+    assert unet.weights == unet.task_vector == unet.personal > 600 and unet.padded == ["conv_in.weight"]
+    _, report = sample(files, every=10**6, alpha=1.0, beta=0.0)
+    assert report.components["unet"].task_vector == 0 and "alpha-scaled inpaint delta on 0" in report.summary()

@@ -185,6 +185,8 @@ class MergePlan:
                 tau = (shape[0], latent, *shape[2:])
             if not inp.dtype(key).is_floating_point or (base is not None and key not in base):
                 counts.kept += 1
+            elif base is not None and self.alpha != 1.0:
+                counts.task_vector += 1
             self._tau_shapes[(component, key)] = tau
             if tau != shape:
                 counts.padded.append(key)

@@ -8,7 +8,7 @@ from typing import Dict, List
 @dataclass
 class ComponentCounts:
     weights: int = 0        # weights written (the inpainting model's keys)
-    task_vector: int = 0    # weights that received α·τ_ip from SD-1.5 (α ≠ 1 or checked)
+    task_vector: int = 0    # weights computed as lerp(SD-1.5, inpaint, α) (α ≠ 1); with α = 1 they are the inpaint weights
     personal: int = 0       # weights that received β·(θ_personal − θ_SD1.5)
     lora: int = 0           # weights that received a LoRA delta
     kept: int = 0           # weights copied from the inpainting model unchanged (no base / not float)
@@ -35,7 +35,8 @@ class MergeReport:
         lines = [f"task-vector merge: alpha={self.alpha:g}, beta " +
                  ", ".join(f"{c}={b:g}" for c, b in self.betas.items())]
         for name, c in self.components.items():
-            lines.append(f"  {name}: {c.weights} weights; personal delta on {c.personal}, LoRA delta on {c.lora}, "
+            lines.append(f"  {name}: {c.weights} weights; alpha-scaled inpaint delta on {c.task_vector}, "
+                         f"personal delta on {c.personal}, LoRA delta on {c.lora}, "
                          f"kept unchanged {c.kept}" + (f"; zero-padded: {', '.join(c.padded)}" if c.padded else ""))
         for label, per_component in self.lora_modules.items():
             done = ", ".join(f"{n} {c}" for c, n in per_component.items()) or "nothing"
