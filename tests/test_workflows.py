@@ -1,6 +1,7 @@
 """Shipped workflows: UI files agree with their API twins and the node specs; every API workflow runs end to
 end through the node classes on tiny models (core nodes replaced by the doubles in workflow_executor)."""
 import json
+import sys
 import shutil
 from pathlib import Path
 
@@ -275,3 +276,22 @@ def test_converted_motion_weights_load_like_the_official_folder(comfy_env):
     converted = loader.load(base, "tiny_motion.safetensors", "fp32", False)[0].pipeline.unet.state_dict()
     assert official.keys() == converted.keys()
     assert all(torch.equal(official[k], converted[k]) for k in official)
+
+
+def test_nodes_run_as_plain_python_without_comfyui(comfy_root, monkeypatch):
+    for name in ("folder_paths", "comfy", "comfy.model_management", "comfy.utils"):
+        monkeypatch.delitem(sys.modules, name)
+    comfy_adapter.set_models_dir(comfy_root["root"] / "models")
+    try:
+        assert not comfy_adapter.in_comfyui()
+        model, = nodes.NODE_CLASS_MAPPINGS["CoCoCoModelLoader"]().load(
+            "diffusers/stable-diffusion-v1-5-inpainting", "cococo_official", "auto", False)
+        images = torch.rand(2, SIZE, SIZE, 3)
+        mask = torch.zeros(1, SIZE, SIZE)
+        mask[:, 8:24, 8:24] = 1
+        frames, = nodes.NODE_CLASS_MAPPINGS["CoCoCoSampler"]().sample(
+            model, images, mask, "a swan", "", 1, 14.0, 0, 0, -1, 0, True, 8, 8, 0, 0)
+        assert frames.shape == images.shape and frames.device.type == "cpu"
+        torch.testing.assert_close(frames[:, 40:, 40:], images[:, 40:, 40:], rtol=0, atol=0)
+    finally:
+        comfy_adapter.set_models_dir(None)
