@@ -37,6 +37,14 @@ def _check_optional(name: str) -> bool | str:
     return check_model(key, relative)
 
 
+def copy_sharing_motion(pipeline):
+    """A deep copy of a ``CoCoCoPipeline`` whose motion modules stay shared with the original: the merge never
+    changes them (cococo_core.personalize.plan), so only the SD weights are duplicated (saves ~606 M params)."""
+    shared = {id(t): t for name, t in pipeline.unet.unet.named_parameters() if ".motion_modules." in name}
+    shared.update({id(t): t for name, t in pipeline.unet.unet.named_buffers() if ".motion_modules." in name})
+    return copy.deepcopy(pipeline, memo=shared)
+
+
 class CoCoCoLoRA:
     @classmethod
     def INPUT_TYPES(cls):
@@ -121,7 +129,7 @@ class CoCoCoPersonalize:
                tuple(comfy.file_signature(p) + (s,) for p, s in loras), alpha, beta)
 
         def merge():
-            pipeline = copy.deepcopy(cococo_pipe.pipeline)
+            pipeline = copy_sharing_motion(cococo_pipe.pipeline)
             targets = {"unet": pipeline.unet.unet, "text_encoder": pipeline.text_encoder, "vae": pipeline.vae}
             live_recipe = dataclasses.replace(recipe, inpaint=None)  # the copy's own weights are the originals
             result = personalize_modules(targets, live_recipe, backup=WeightBackup(), callback=comfy.Progress("merge"),

@@ -223,6 +223,9 @@ def test_lora_workflow_personalizes_a_copy(comfy_env):
     assert not torch.equal(before, after)  # the LoRA changed the copy ...
     reloaded = nodes.NODE_CLASS_MAPPINGS["CoCoCoModelLoader"]().load(**_api("cococo_civitai_lora.json")["4"]["inputs"])[0]
     assert torch.equal(reloaded.pipeline.unet.unet.state_dict()[key], before)  # ... never the cached original
+    motion = "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"
+    shared = dict(personalized.pipeline.unet.unet.named_parameters())[motion]
+    assert shared is dict(loaded.pipeline.unet.unet.named_parameters())[motion]  # unchanged, so not copied
     assert outputs["7"][1]["text"] == [outputs["6"][0][1]] and outputs["6"][0][1]
     assert _saved(outputs, "10").shape == (FRAMES, SIZE, SIZE, 3)
 
