@@ -10,76 +10,55 @@ PRECISION_INPUT = (list(comfy.PRECISIONS), {"default": "fp32", "tooltip": "Weigh
                    "safe choice for detection; auto: ComfyUI's choice)."})
 
 
-def _load(slot: str, key_name: str, name: str, precision: str, loader):
-    path = comfy.resolve_model(key_name, name)
-    dtype = comfy.model_dtype(precision, comfy.torch_device())
-    key = (comfy.file_signature(path), str(dtype))
-    return comfy.MODEL_CACHE.get_or_load(slot, key, lambda: loader(path, device=comfy.offload_device(), dtype=dtype))
+class _MaskModelLoader:
+    """A GroundingDINO / SAM loader: one model from the ``KEY`` folder, cached, on the offload device."""
 
+    KEY = ""
+    LOADER = ""  # the cococo_core.masks function that loads it
+    WHAT = ""  # tooltip of the model_name combo
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/loaders"
 
-class CoCoCoGroundingDinoLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model_name": model_input("grounding-dino", "GroundingDINO: a transformers folder (e.g. "
-                                          "IDEA-Research/grounding-dino-tiny) or an original groundingdino_*.pth "
-                                          "(then with a bert-base-uncased folder next to it or in models/)."),
-                "precision": PRECISION_INPUT,
-            }
-        }
+        return {"required": {"model_name": model_input(cls.KEY, cls.WHAT), "precision": PRECISION_INPUT}}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        return check_model(cls.KEY, model_name)
+
+    @classmethod
+    def IS_CHANGED(cls, model_name, **_):
+        return files_changed((cls.KEY, model_name))
+
+    def load(self, model_name, precision):
+        import cococo_core.masks
+
+        path = comfy.resolve_model(self.KEY, model_name)
+        dtype = comfy.model_dtype(precision, comfy.torch_device())
+        loader = getattr(cococo_core.masks, self.LOADER)
+        model = comfy.MODEL_CACHE.get_or_load(self.KEY, (comfy.file_signature(path), str(dtype)),
+                                              lambda: loader(path, device=comfy.offload_device(), dtype=dtype))
+        return (model,)
+
+
+class CoCoCoGroundingDinoLoader(_MaskModelLoader):
+    KEY, LOADER = "grounding-dino", "load_detector"
+    WHAT = ("GroundingDINO: a transformers folder (e.g. IDEA-Research/grounding-dino-tiny) or an original "
+            "groundingdino_*.pth (then with a bert-base-uncased folder next to it or in models/).")
     RETURN_TYPES = (GDINO_MODEL,)
     RETURN_NAMES = ("grounding_dino",)
     OUTPUT_TOOLTIPS = ("The GroundingDINO open-vocabulary detector and its BERT tokenizer.",)
-    FUNCTION = "load"
-    CATEGORY = f"{CATEGORY}/loaders"
     DESCRIPTION = "Loads GroundingDINO (text -> boxes) for CoCoCo Mask From Text. Kept in memory for the next runs."
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, model_name):
-        return check_model("grounding-dino", model_name)
 
-    @classmethod
-    def IS_CHANGED(cls, model_name, **_):
-        return files_changed(("grounding-dino", model_name))
-
-    def load(self, model_name, precision):
-        from cococo_core.masks import load_detector
-
-        return (_load("grounding_dino", "grounding-dino", model_name, precision, load_detector),)
-
-
-class CoCoCoSamLoader:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model_name": model_input("sams", "Segment Anything: a transformers folder (e.g. facebook/sam-vit-base)"
-                                          " or an original sam_vit_b/l/h_*.pth."),
-                "precision": PRECISION_INPUT,
-            }
-        }
-
+class CoCoCoSamLoader(_MaskModelLoader):
+    KEY, LOADER = "sams", "load_segmenter"
+    WHAT = "Segment Anything: a transformers folder (e.g. facebook/sam-vit-base) or an original sam_vit_b/l/h_*.pth."
     RETURN_TYPES = (SAM_MODEL,)
     RETURN_NAMES = ("sam",)
     OUTPUT_TOOLTIPS = ("The Segment Anything model (boxes -> masks).",)
-    FUNCTION = "load"
-    CATEGORY = f"{CATEGORY}/loaders"
     DESCRIPTION = "Loads Segment Anything (SAM) for CoCoCo Mask From Text. Kept in memory for the next runs."
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, model_name):
-        return check_model("sams", model_name)
-
-    @classmethod
-    def IS_CHANGED(cls, model_name, **_):
-        return files_changed(("sams", model_name))
-
-    def load(self, model_name, precision):
-        from cococo_core.masks import load_segmenter
-
-        return (_load("sam", "sams", model_name, precision, load_segmenter),)
 
 
 class CoCoCoMaskFromText:
