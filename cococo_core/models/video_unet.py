@@ -210,7 +210,10 @@ class VideoUNet(nn.Module):
 
 def _per_frame_timestep(timestep, batch: int, frames: int, device) -> torch.Tensor:
     """A (B·F,) timestep tensor from a number, a 0-d tensor or a (B,) tensor (each video's t on its frames)."""
-    t = torch.as_tensor(timestep, device=device)
+    t = torch.as_tensor(timestep)
+    if t.dtype == torch.float64:  # MPS has no float64; diffusers embeds timesteps in float32 anyway
+        t = t.float()
+    t = t.to(device)
     if t.dim() == 0:
         return t.expand(batch * frames)
     if t.shape != (batch,):
