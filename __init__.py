@@ -2,14 +2,15 @@
 
 ComfyUI imports this folder as a package. ``cococo_core`` is a plain top-level library (also
 used from Python and the command line), so this folder is put on ``sys.path`` for it; the node
-package is imported relatively because ComfyUI owns the top-level name ``nodes``.
+package is imported relatively because ComfyUI owns the top-level name ``nodes``. The folder is
+appended, not prepended, so nothing in it can shadow a module of ComfyUI or of another pack.
 """
 import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+    sys.path.append(_HERE)
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
