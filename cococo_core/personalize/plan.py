@@ -199,7 +199,7 @@ class MergePlan:
                             "is an inpainting model; tau_p must come from a text-to-image SD-1.5 checkpoint "
                             f"({tau[1]} channels). Give that file as --inpaint instead, or use its text-to-image original")
                     bad.append(f"{component}:{key} personal {found} vs SD-1.5 {tau}")
-                elif inp.dtype(key).is_floating_point:
+                elif inp.dtype(key).is_floating_point and base is not None and key in base:
                     counts.personal += 1
         if bad:
             raise ValueError(f"{len(bad)} weights have shapes that cannot be merged (not SD-1.x models of one kind?): "
