@@ -156,8 +156,9 @@ def metadata_alpha(metadata: Optional[Mapping[str, str]]) -> Optional[float]:
     """A global LoRA alpha stored in safetensors metadata by PEFT-family trainers, if any.
 
     Understood: diffusers' ``lora_adapter_metadata`` (a JSON LoraConfig with ``lora_alpha``;
-    per-component configs under ``unet.`` / ``text_encoder.`` take the first found), and a
-    plain ``lora_alpha`` / ``ss_network_alpha`` string. Per-module alpha tensors win over it.
+    flat ``unet.lora_alpha`` keys or nested per-component configs: the first found), and a plain
+    ``lora_alpha`` / ``ss_network_alpha`` string. Per-module alpha tensors win over it; PEFT's
+    per-module ``alpha_pattern`` is not read.
     """
     if not metadata:
         return None
@@ -167,9 +168,9 @@ def metadata_alpha(metadata: Optional[Mapping[str, str]]) -> Optional[float]:
             config = json.loads(raw)
         except (TypeError, ValueError):
             config = {}
-        for key, value in (config.items() if isinstance(config, dict) else ()):
-            if key.split(".")[-1] == "lora_alpha" and isinstance(value, (int, float)):
-                return float(value)
+        found = _find_alpha(config)
+        if found is not None:
+            return found
     for key in ("lora_alpha", "ss_network_alpha"):
         value = metadata.get(key)
         if value is not None:
@@ -177,6 +178,20 @@ def metadata_alpha(metadata: Optional[Mapping[str, str]]) -> Optional[float]:
                 return float(value)
             except ValueError:
                 continue
+    return None
+
+
+def _find_alpha(config) -> Optional[float]:
+    """The first ``lora_alpha`` (or ``<component>.lora_alpha``) number in a JSON config, nested or flat."""
+    if not isinstance(config, dict):
+        return None
+    for key, value in config.items():
+        if key.split(".")[-1] == "lora_alpha" and isinstance(value, (int, float)):
+            return float(value)
+    for value in config.values():
+        found = _find_alpha(value)
+        if found is not None:
+            return found
     return None
 
 
