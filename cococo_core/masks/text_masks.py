@@ -110,6 +110,19 @@ def _segment_chunk(segmenter, frames, detections) -> torch.Tensor:
     return masks
 
 
+def _carry(found, wanted, count, carried, start, caption, options) -> list[dino.FrameDetections]:
+    """Detections for each of ``count`` chunk frames: the frame's own where detected, else the last ones."""
+    detections = []
+    for i in range(count):
+        if i in wanted:
+            carried = found[wanted.index(i)]
+            if not len(carried):
+                log.warning("frame %d: nothing found for %r (box threshold %.2f): empty mask",
+                            start + i, caption, options.box_threshold)
+        detections.append(carried)
+    return detections
+
+
 def postprocess(masks: torch.Tensor, options: MaskOptions) -> torch.Tensor:
     """fill holes -> grow/shrink -> temporal majority -> feather, on (F, H, W) binary masks."""
     if options.fill_holes:
@@ -145,14 +158,8 @@ def masks_from_text(frames, text: str, detector, segmenter=None, options: MaskOp
             chunk = as_float(frames[start:start + options.chunk_size])
             wanted = [i for i in range(chunk.shape[0]) if (start + i) % options.detect_every == 0]
             found = _detect_chunk(detector, chunk[wanted], prompt, size, options) if wanted else []
-            detections = []
-            for i in range(chunk.shape[0]):
-                if i in wanted:
-                    carried = found[wanted.index(i)]
-                    if not len(carried):
-                        log.warning("frame %d: nothing found for %r (box threshold %.2f): empty mask",
-                                    start + i, prompt.caption, options.box_threshold)
-                detections.append(carried)
+            detections = _carry(found, wanted, chunk.shape[0], carried, start, prompt.caption, options)
+            carried = detections[-1]
             if options.box_mode:
                 masks = torch.stack([morphology.box_masks(d.boxes, height, width) for d in detections])
             else:
