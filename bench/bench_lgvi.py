@@ -4,8 +4,9 @@ LLaVA-1.5-7B config: the 7B model is not run here).
 
     flock /tmp/cococo-bench.lock python bench/bench_lgvi.py [--frames 8 --height 256 --width 256 --repeats 2]
 
-Each attention backend runs in its own subprocess so its peak memory (CPU: peak RSS; CUDA: peak
-allocated) is its own. One guided sampling step is three U-Net passes. Prints a table and writes
+Times come from one process that alternates the two backends pass by pass (so machine load hits
+both alike); each backend's peak memory (CPU: peak RSS; CUDA: peak allocated) from its own
+subprocess. One guided sampling step is three U-Net passes. Prints a table and writes
 bench/results/lgvi.json.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -34,10 +36,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def worker(args) -> dict:
+def _setup(args):
     import torch  # noqa: PLC0415
 
-    from cococo_core.attention import attention_backend  # noqa: PLC0415
     from cococo_core.lgvi.unet import LGVIUNet  # noqa: PLC0415
     from cococo_core.lgvi.unet_config import LGVIUNetConfig  # noqa: PLC0415
 
@@ -46,25 +47,44 @@ def worker(args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     model = LGVIUNet(LGVIUNetConfig(in_channels=8, cross_attention_dim=768)).to(device, dtype).eval()
-    params = sum(p.numel() for p in model.parameters())
-    h, w, f = args.height // 8, args.width // 8, args.frames
-    z = torch.randn(1, 4, f, h, w, device=device, dtype=dtype)
-    c = torch.randn_like(z)
-    ctx = torch.randn(1, 77, 768, device=device, dtype=dtype)
-    loaded_rss = _peak_rss_bytes()
+    z = torch.randn(1, 4, args.frames, args.height // 8, args.width // 8, device=device, dtype=dtype)
+    inputs = (z, 500, torch.randn(1, 77, 768, device=device, dtype=dtype), torch.randn_like(z))
+    return torch, model, inputs, device, dtype
+
+
+def _timed_pass(torch, model, inputs, device) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(*inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def worker(args) -> dict:
+    """--worker memory-BACKEND: one pass, peak memory; --worker time: both backends alternating."""
+    from cococo_core.attention import attention_backend  # noqa: PLC0415
+
+    torch, model, inputs, device, dtype = _setup(args)
+    info = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), params=sum(p.numel() for p in model.parameters()))
+    if args.worker == "time":
+        times = {"sdpa": [], "naive": []}
+        for backend in times:  # warm-up
+            with attention_backend(backend):
+                _timed_pass(torch, model, inputs, device)
+        for _ in range(args.repeats):
+            for backend in times:
+                with attention_backend(backend):
+                    times[backend].append(_timed_pass(torch, model, inputs, device))
+        return dict(info, times=times)
+    backend = args.worker.removeprefix("memory-")
+    after_load = _peak_rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    with torch.no_grad(), attention_backend(args.worker):
-        for _ in range(args.repeats + 1):  # the first pass warms up
-            start = time.perf_counter()
-            model(z, 500, ctx, c)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+    with attention_backend(backend):
+        _timed_pass(torch, model, inputs, device)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss_bytes()
-    return dict(backend=args.worker, device=str(device), dtype=str(dtype).removeprefix("torch."), params=params,
-                seconds_per_pass=min(times[1:]), peak_bytes=peak, after_load_bytes=loaded_rss if device.type == "cpu" else None)
+    return dict(info, backend=backend, peak_bytes=peak, after_load_bytes=after_load if device.type == "cpu" else None)
 
 
 def chat_memory_plan(unet_params: int) -> list[dict]:
@@ -97,26 +117,32 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--worker", choices=["sdpa", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["time", "memory-sdpa", "memory-naive"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    runs = []
-    for backend in ("sdpa", "naive"):
-        command = [sys.executable, __file__, "--worker", backend, "--frames", str(args.frames), "--height",
+    def spawn(mode):
+        command = [sys.executable, __file__, "--worker", mode, "--frames", str(args.frames), "--height",
                    str(args.height), "--width", str(args.width), "--repeats", str(args.repeats)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        runs.append(json.loads(output.strip().splitlines()[-1]))
-    sdpa, naive = runs
-    print(f"\nLGVI U-Net, full size ({sdpa['params'] / 1e6:.1f} M params, random weights), {args.frames} frames "
-          f"{args.width}x{args.height} (latent {args.width // 8}x{args.height // 8}), {sdpa['device']} {sdpa['dtype']}")
-    print(f"{'attention':10s} {'s / pass':>9s} {'s / step (3 passes)':>20s} {'peak GiB':>9s}")
-    for run in runs:
-        print(f"{run['backend']:10s} {run['seconds_per_pass']:9.2f} {3 * run['seconds_per_pass']:20.2f} {run['peak_bytes'] / GIB:9.2f}")
-    print(f"naive / sdpa time ratio: {naive['seconds_per_pass'] / sdpa['seconds_per_pass']:.2f}; "
-          f"peak memory ratio: {naive['peak_bytes'] / sdpa['peak_bytes']:.2f}")
-    plan, counts = chat_memory_plan(sdpa["params"])
+        return json.loads(output.strip().splitlines()[-1])
+
+    timing = spawn("time")
+    memory = {backend: spawn(f"memory-{backend}") for backend in ("sdpa", "naive")}
+    median = {b: statistics.median(t) for b, t in timing["times"].items()}
+    print(f"\nLGVI U-Net, full size ({timing['params'] / 1e6:.1f} M params, random weights), {args.frames} frames "
+          f"{args.width}x{args.height} (latent {args.width // 8}x{args.height // 8}), {timing['device']} {timing['dtype']}, "
+          f"median of {args.repeats} interleaved passes")
+    print(f"{'attention':10s} {'s / pass':>9s} {'s / step (3 passes)':>20s} {'peak GiB':>9s} {'peak - loaded GiB':>18s}")
+    for backend in ("sdpa", "naive"):
+        mem = memory[backend]
+        extra = (mem["peak_bytes"] - mem["after_load_bytes"]) / GIB if mem["after_load_bytes"] else float("nan")
+        print(f"{backend:10s} {median[backend]:9.2f} {3 * median[backend]:20.2f} {mem['peak_bytes'] / GIB:9.2f} {extra:18.2f}")
+    print(f"naive / sdpa time ratio: {median['naive'] / median['sdpa']:.2f}; "
+          f"peak memory ratio: {memory['naive']['peak_bytes'] / memory['sdpa']['peak_bytes']:.2f}")
+    runs = dict(timing=timing, memory=memory)
+    plan, counts = chat_memory_plan(timing["params"])
     print("\nLGVI-I memory plan (ESTIMATE from the LLaVA-1.5-7B config; weights + fp16 KV cache of "
           f"{counts['kv_cache_tokens']} tokens; diffusion = U-Net + VAE fp16 weights, activations excluded)")
     print(f"{'chat LLM':12s} {'chat GiB':>9s} {'diffusion GiB':>14s} {'together GiB':>13s} {'staged GiB':>11s}")
