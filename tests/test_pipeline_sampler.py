@@ -138,3 +138,11 @@ def test_bad_inputs_are_reported():
     with pytest.raises(ValueError, match="finite"):
         denoise(unet, noise, masked, mask, cond, uncond, 2, float("nan"))
     assert unet.calls == []
+
+
+def test_explicit_windows_past_the_trained_limits_run_with_a_warning(caplog):
+    assert resolve_context(100, 8, 8, 80, None) == (80, 20)
+    assert "exceed the motion modules' trained limits" in caplog.text
+    caplog.clear()
+    assert resolve_context(100, 8, 8, 64, 8) == (64, 8)
+    assert caplog.text == ""

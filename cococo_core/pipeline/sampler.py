@@ -46,9 +46,14 @@ def dga_tokens_per_frame(latent_h: int, latent_w: int) -> int:
     return most
 
 
+def _trained_frames(latent_h: int, latent_w: int) -> int:
+    """Most frames one U-Net call holds within both PE limits (0 when not even one frame fits)."""
+    return min(MAX_TEMPORAL_FRAMES, MAX_DGA_TOKENS // dga_tokens_per_frame(latent_h, latent_w))
+
+
 def max_window_frames(latent_h: int, latent_w: int) -> int:
     """Most frames one U-Net call may hold within both PE limits."""
-    frames = min(MAX_TEMPORAL_FRAMES, MAX_DGA_TOKENS // dga_tokens_per_frame(latent_h, latent_w))
+    frames = _trained_frames(latent_h, latent_w)
     if frames < 1:
         raise ValueError(f"a {latent_w}x{latent_h} latent gives {dga_tokens_per_frame(latent_h, latent_w)} damped-global-"
                          f"attention tokens per frame, more than the {MAX_DGA_TOKENS} the model supports; use a smaller "
@@ -59,19 +64,20 @@ def max_window_frames(latent_h: int, latent_w: int) -> int:
 def resolve_context(num_frames: int, latent_h: int, latent_w: int, length: int | None,
                     overlap: int | None) -> tuple[int, int]:
     """(window length, overlap). Defaults: the whole video when it fits the PE limits, else the longest
-    window that fits, overlapping by a quarter of its length."""
+    window that fits, overlapping by a quarter of its length. An explicit length is used as given (the
+    position encodings are computed for any length) with a warning past the trained limits."""
     if length is None:
         limit = max_window_frames(latent_h, latent_w)
         length = num_frames if num_frames <= limit else limit
     elif length < 1:
         raise ValueError(f"context length must be >= 1 frame, got {length}")
+    elif min(length, num_frames) > _trained_frames(latent_h, latent_w):
+        logger.warning("%d frames per U-Net call exceed the motion modules' trained limits (%d frames at this size)",
+                       min(length, num_frames), _trained_frames(latent_h, latent_w))
     if overlap is None:
         overlap = length // 4 if num_frames > length else 0
     if num_frames > length and not 0 <= overlap < length:
         raise ValueError(f"context overlap must be in [0, {length}) for windows of {length} frames, got {overlap}")
-    if length < num_frames and length > max_window_frames(latent_h, latent_w):
-        logger.warning("context windows of %d frames exceed the motion modules' trained limits (%d frames here)",
-                       length, max_window_frames(latent_h, latent_w))
     return length, overlap
 
 
