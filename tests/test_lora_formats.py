@@ -309,3 +309,21 @@ def test_text_encoder_lora_reported_when_text_is_not_merged(models):
     with MergePlan(recipe) as plan:
         assert "text_encoder" not in plan.keys
         assert plan.report.unused["LoRA te"] == {k: "text_encoder is not being merged" for k in state}
+
+
+@pytest.mark.parametrize("name, component, key", [
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora", "unet", ATTN + "attn1.to_out.0.weight"),
+    ("text_encoder.text_model.encoder.layers.1.self_attn.to_out_lora", "text_encoder", "encoder.layers.1.self_attn.out_proj.weight"),
+    ("lora_unet_conv_in", "unet", "conv_in.weight"),
+    ("lora_unet_time_embed_0", "unet", "time_embedding.linear_1.weight"),
+    ("lora_unet_output_blocks_2_1_conv", "unet", "up_blocks.0.upsamplers.0.conv.weight"),
+    ("lora_unet_middle_block_1_proj_out", "unet", "mid_block.attentions.0.proj_out.weight"),
+    ("diffusion_model.input_blocks.1.1.proj_in", "unet", PROJ_IN),
+    ("lora_te_text_model_encoder_layers_1_mlp_fc2", "text_encoder", "encoder.layers.1.mlp.fc2.weight"),
+    ("cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.k_proj", "text_encoder",
+     "encoder.layers.0.self_attn.k_proj.weight"),
+    ("lora_unet_nonsense", None, None),
+])
+def test_module_names_resolve(models, name, component, key):
+    with MergePlan(MergeRecipe(inpaint=models["inpaint"])) as plan:
+        assert plan._lora_targets().resolve(name) == ((component, key) if component else None)
