@@ -326,4 +326,4 @@ def test_text_encoder_lora_reported_when_text_is_not_merged(models):
 ])
 def test_module_names_resolve(models, name, component, key):
     with MergePlan(MergeRecipe(inpaint=models["inpaint"])) as plan:
-        assert plan._lora_targets().resolve(name) == ((component, key) if component else None)
+        assert plan.lora_targets().resolve(name) == ((component, key) if component else None)

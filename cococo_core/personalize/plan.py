@@ -144,7 +144,7 @@ class MergePlan:
         self._tau_shapes: Dict[Tuple[str, str], Tuple[int, ...]] = {}
         for component in recipe.components:
             self._plan_component(component)
-        self.loras = LoraStack.build(specs, self._lora_targets(), self._tau_shape, context_width=width,
+        self.loras = LoraStack.build(specs, self.lora_targets(), self._tau_shape, context_width=width,
                                      components=tuple(c for c in self.keys if c != "vae"))
         for label, unused in self.loras.unused.items():
             for key, reason in unused.items():
@@ -213,7 +213,8 @@ class MergePlan:
                     self.report.add_unused(f"{label} {model.name}", f"{component}:{key}",
                                            "the inpainting model has no such weight")
 
-    def _lora_targets(self) -> LoraTargets:
+    def lora_targets(self) -> LoraTargets:
+        """Every name a LoRA may use for a U-Net or text-encoder weight of the inpainting model."""
         aliases: Dict[str, Dict[str, List[str]]] = {}
         unet = self.inpaint.get("unet")
         unet_map = ldm_keys.UNetKeyMap.from_diffusers_keys(unet.keys())
