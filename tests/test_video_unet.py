@@ -47,6 +47,15 @@ def loaded():
     return video_unet_from_unet2d(fresh_unet(), tiny_models.motion_folder())
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Many small ops: with 2 OpenMP threads spinning on a busy 2-core machine they run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- structure and placement
 def test_structure_and_official_keys(loaded):
     assert loaded.num_motion_modules == 21 and loaded.in_channels == 9 and loaded.cross_attention_dim == 32
@@ -133,7 +142,7 @@ def test_videos_of_a_batch_are_independent_and_timesteps_per_video(loaded):
         both = loaded(sample, torch.tensor([100, 700]), text)
         first = loaded(sample[:1], 100, text[:1])
         second = loaded(sample[1:], torch.tensor(700), text[1:])
-    assert torch.allclose(both[:1], first, atol=1e-5) and torch.allclose(both[1:], second, atol=1e-5)
+    assert torch.allclose(both[:1], first, atol=1e-4) and torch.allclose(both[1:], second, atol=1e-4)  # |out| ~ 3
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
