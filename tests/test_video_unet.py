@@ -294,3 +294,19 @@ def test_latent_sizes_that_are_not_multiples_of_8(loaded):
     with torch.no_grad():
         out = loaded(sample, 100, torch.randn(1, 77, 32, generator=generator))
     assert out.shape == (1, 4, 2, 13, 10) and torch.isfinite(out).all()
+
+
+def test_full_size_sd15_layout_matches_the_spec():
+    """Spec §1.2/§1.6: 21 modules, 840 tensors, 605,816,640 parameters; widths 320/640/1280 per level."""
+    from cococo_core.models.sd15 import sd15_motion_shapes
+
+    shapes = sd15_motion_shapes()
+    assert len(shapes) == 840 and sum(s.numel() for s in shapes.values()) == 605_816_640
+    width = {k.split(".temporal_transformer")[0]: s[0] for k, s in shapes.items() if k.endswith("proj_in.weight")}
+    assert width == {
+        **{f"down_blocks.{b}.motion_modules.{i}": (320, 640, 1280, 1280)[b] for b in range(4) for i in range(2)},
+        "mid_block.motion_modules.0": 1280,
+        **{f"up_blocks.{b}.motion_modules.{i}": (1280, 1280, 640, 320)[b] for b in range(4) for i in range(3)},
+    }
+    key = "up_blocks.3.motion_modules.2.temporal_transformer.transformer_blocks.0.attention_blocks.3.to_k.weight"
+    assert shapes[key] == (320, 768)
