@@ -137,7 +137,7 @@ def test_sam_hq_extras_are_dropped_with_a_warning(sam_files, caplog):
 def test_loader_errors_are_clear(tmp_path, dino_files, sam_files):
     _, dino_original, _ = dino_files
     _, sam_original, _ = sam_files
-    with pytest.raises(FileNotFoundError, match="model file not found"):
+    with pytest.raises(FileNotFoundError, match="file not found"):
         load_segmenter(tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="not a Segment Anything checkpoint"):
         load_segmenter(dino_original)

@@ -72,10 +72,11 @@ def _safetensors_error(path: Path, error: Exception) -> CheckpointError:
     return CheckpointError(f"{path}: cannot read this .safetensors file, it is truncated or corrupt ({error})")
 
 
-# Training-time objects that Lightning/LDM pickled next to the weights (e.g. RunwayML's SD-1.x .ckpt files hold
-# ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``). Their names are mapped to an inert local
-# class, so the file loads without importing or running any of that code; everything else stays refused.
-INERT_GLOBAL_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "numpy.")
+# Training-time objects pickled next to the weights (RunwayML's SD-1.x .ckpt files hold
+# ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``; some GroundingDINO releases hold their
+# ``argparse.Namespace`` of training arguments). Their names are mapped to an inert local class, so the file
+# loads without importing or running any of that code; everything else stays refused.
+INERT_GLOBAL_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "numpy.", "argparse.Namespace")
 _MAX_PLACEHOLDERS = 64
 
 
@@ -129,8 +130,9 @@ def _torch_load(path: Path, device) -> object:
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
+    # LDM/Lightning files wrap the weights as {"state_dict": ...}, GroundingDINO's as {"model": ...}
+    while isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in ("state_dict", "model")):
+        obj = obj["state_dict"] if isinstance(obj.get("state_dict"), Mapping) else obj["model"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of named tensors")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}

@@ -7,16 +7,14 @@
   a BERT tokenizer folder (``vocab.txt`` [+ ``config.json``], e.g. ``bert-base-uncased``) and reads its
   ``GroundingDINO_*.py`` config file when one lies next to the checkpoint (parsed, never executed).
 
-Pickles are read only with ``torch.load(weights_only=True)``; the one non-tensor type allowed in is
-``argparse.Namespace`` (some GroundingDINO releases store their training arguments), which only holds attributes.
+Pickles are read only through ``cococo_core.checkpoints.safe_load`` (``torch.load(weights_only=True)``; the
+``argparse.Namespace`` of training arguments some GroundingDINO releases store is read as an inert placeholder).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,35 +52,11 @@ class Segmenter:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file; unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` and a ``module.`` prefix."""
-    from ..checkpoints.safe_load import CheckpointError, load_state_dict
+    """Tensors of a checkpoint file (``{"model": ...}`` / ``{"state_dict": ...}`` unwrapped, a ``module.`` prefix
+    stripped), read safely by :func:`cococo_core.checkpoints.safe_load.load_state_dict`."""
+    from ..checkpoints.safe_load import load_state_dict
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if head[:2] != b"PK" and head[:1] != b"\x80":
-        return load_state_dict(path)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path}: refused to load this pickle: it holds Python objects other than weights ({str(error).splitlines()[0]}). "
-            "Use a .safetensors copy of the model."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path}: cannot read this checkpoint, it is truncated or corrupt ({error})") from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of named tensors")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{path}: contains no tensors; it is not a model checkpoint")
-    return convert_dino.strip_module_prefix(tensors)
+    return convert_dino.strip_module_prefix(load_state_dict(path))
 
 
 def _hf_model_type(folder: Path) -> str | None:
