@@ -5,23 +5,45 @@ stays cheap and a missing optional dependency only fails the feature that needs 
 """
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> defining module (relative to this package)
 _EXPORTS = {
+    # shared primitives
     "Cancelled": ".hooks",
     "attention_backend": ".attention",
+    # checkpoints (issue: SD-1.x base models)
+    "load_sd_components": ".checkpoints",
+    "load_sd_state": ".checkpoints",
+    "open_sd": ".checkpoints",
+    "detect_checkpoint": ".checkpoints",
+    "load_state_dict": ".checkpoints",
+    "open_state": ".checkpoints",
+    "CheckpointError": ".checkpoints",
+    "UnsafeCheckpointError": ".checkpoints",
+    "SDComponents": ".checkpoints",
+    "CheckpointInfo": ".checkpoints",
+    # the video U-Net
+    "load_video_unet": ".models",
+    "video_unet_from_unet2d": ".models",
+    "VideoUNet": ".models",
+    "read_motion_weights": ".models",
+    "save_motion_safetensors": ".models",
+    "MotionWeightsError": ".models",
+    "dga_grid": ".models",
+    # the inpainting pipeline and video files
+    "CoCoCoPipeline": ".pipeline",
+    "read_frames": ".video_io",
+    "read_mask": ".video_io",
+    "write_video": ".video_io",
+    # masks from text
+    "masks_from_text": ".masks",
+    "MaskOptions": ".masks",
+    "TextMaskResult": ".masks",
+    "load_detector": ".masks",
+    "load_segmenter": ".masks",
+    "draw_preview": ".masks",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cococo_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -62,3 +62,12 @@ def test_blend_single_window_is_identity_and_constant_is_preserved():
     # a per-frame quantity that every window predicts identically is reproduced exactly
     y = torch.randn(1, 4, 50, 3, 3)
     torch.testing.assert_close(blend_windows(50, plan_windows(50, 16, 4), lambda idx: y[:, :, idx]), y)
+
+
+def test_every_public_name_resolves_and_unknown_names_fail():
+    import cococo_core
+
+    for name in cococo_core.__all__:
+        assert getattr(cococo_core, name) is not None, name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        cococo_core.no_such_name

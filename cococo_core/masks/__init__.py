@@ -10,7 +10,7 @@ Public API (resolved lazily, so importing this package does not import transform
 """
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "Detector": ".loading",
@@ -31,13 +31,4 @@ _EXPORTS = {
     "grounding_dino_config_from_state_dict": ".convert_dino",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

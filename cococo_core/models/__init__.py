@@ -4,7 +4,7 @@ Names resolve lazily, so ``import cococo_core.models`` does not import diffusers
 """
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "VideoUNet": ".video_unet",
@@ -25,13 +25,4 @@ _EXPORTS = {
     "video_unet_from_unet2d": ".loading",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
