@@ -89,12 +89,13 @@ def test_release_node_empties_the_cache():
 def test_node_reference_is_generated_from_the_nodes(tmp_path):
     import workflow_executor as wx
 
-    reference = open("docs/nodes.md").read()
     with wx.fake_comfyui(tmp_path):
         generated = wx.node_reference(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
-    assert reference.endswith(wx.REFERENCE_HEADING + generated), "regenerate with: python tests/workflow_executor.py"
-    for node_id in NODE_IDS:
-        assert f"`{node_id}`" in reference
+    for doc in wx.REFERENCE_DOCS:
+        reference = open(doc).read()
+        assert reference.endswith(wx.REFERENCE_HEADING + generated), f"{doc}: regenerate with: python tests/workflow_executor.py"
+        for node_id in NODE_IDS:
+            assert f"`{node_id}`" in reference
 
 
 COMFYUI_LOADER = """

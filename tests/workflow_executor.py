@@ -558,6 +558,7 @@ def ui_to_api(workflow: dict, classes: dict) -> dict:
 
 
 REFERENCE_HEADING = "## Node reference\n\n"
+REFERENCE_DOCS = ("README.md", "docs/nodes.md")  # both end with the generated node reference
 
 
 def _cell(text) -> str:
@@ -594,7 +595,7 @@ def node_reference(node_classes: dict, display_names: dict) -> str:
 
 def write_generated_files(root: Path) -> list[Path]:
     """Regenerate ``workflows/*.json`` (UI format) from ``workflows/api/*.json`` and the node specs, and the
-    node reference at the end of ``docs/nodes.md``."""
+    node reference at the end of the README and ``docs/nodes.md``."""
     import json
     import tempfile
 
@@ -609,11 +610,12 @@ def write_generated_files(root: Path) -> list[Path]:
             target = root / "workflows" / api_file.name
             target.write_text(json.dumps(ui, indent=1) + "\n")
             written.append(target)
-        docs = root / "docs" / "nodes.md"
-        text = docs.read_text()
-        head = text[: text.index(REFERENCE_HEADING) + len(REFERENCE_HEADING)]
-        docs.write_text(head + node_reference(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS))
-        written.append(docs)
+        reference = node_reference(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
+        for doc in REFERENCE_DOCS:
+            target = root / doc
+            text = target.read_text()
+            target.write_text(text[: text.index(REFERENCE_HEADING) + len(REFERENCE_HEADING)] + reference)
+            written.append(target)
     return written
 
 
