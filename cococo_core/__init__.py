@@ -44,6 +44,13 @@ _EXPORTS = {
     "load_detector": ".masks",
     "load_segmenter": ".masks",
     "draw_preview": ".masks",
+    # language-driven removal
+    "LGVIPipeline": ".lgvi",
+    "RemovalResult": ".lgvi",
+    "LGVIChat": ".lgvi",
+    "remove_with_chat": ".lgvi",
+    "InteractiveResult": ".lgvi",
+    "load_lgvi_unet": ".lgvi",
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -76,17 +76,31 @@ def _check_components(components: Sequence[str], allowed: Sequence[str]) -> None
 # ----------------------------------------------------------------------------------------------- folders
 def weight_files(folder: Path, component: str) -> list[Path]:
     """The weights file of a diffusers component folder (``.safetensors`` before ``.bin``), or its shards."""
-    sub = Path(folder) / component
-    for stem in _WEIGHT_FILES[component]:
+    return folder_weight_files(Path(folder) / component, _WEIGHT_FILES[component])
+
+
+def folder_weight_files(folder: str | os.PathLike, stems: Sequence[str]) -> list[Path]:
+    """The weights of a diffusers/transformers model folder: the first ``<stem>.safetensors`` / ``<stem>.bin``
+    found (stems in order, safetensors first), or the shards its ``.index.json`` lists."""
+    folder = Path(folder)
+    for stem in stems:
         for suffix in (".safetensors", ".bin"):
-            single = sub / (stem + suffix)
+            single = folder / (stem + suffix)
             if single.is_file():
                 return [single]
-            index = sub / (stem + suffix + ".index.json")
+            index = folder / (stem + suffix + ".index.json")
             if index.is_file():
                 return _shards(index)
-    names = ", ".join(s + x for s in _WEIGHT_FILES[component] for x in (".safetensors", ".bin"))
-    raise FileNotFoundError(f"{sub}: no weights file found (expected one of {names})")
+    names = ", ".join(s + x for s in stems for x in (".safetensors", ".bin"))
+    raise FileNotFoundError(f"{folder}: no weights file found (expected one of {names}, or its .index.json shards)")
+
+
+def read_weight_folder(folder: str | os.PathLike, stems: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder (see :func:`folder_weight_files`), read safely."""
+    state: dict[str, torch.Tensor] = {}
+    for path in folder_weight_files(folder, stems):
+        state.update(load_state_dict(path))
+    return state
 
 
 def _shards(index: Path) -> list[Path]:
@@ -100,10 +114,7 @@ def _shards(index: Path) -> list[Path]:
 
 
 def _component_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {}
-    for path in weight_files(folder, component):
-        state.update(load_state_dict(path))
-    return state
+    return read_weight_folder(Path(folder) / component, _WEIGHT_FILES[component])
 
 
 def _read_config(path: Path) -> dict:

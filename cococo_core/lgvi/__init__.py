@@ -11,7 +11,7 @@ Public API (heavy modules are imported on first use):
 """
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "LGVIPipeline": ".pipeline",
@@ -28,13 +28,4 @@ _EXPORTS = {
     "InteractiveResult": ".interactive",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cococo_core.lgvi' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -24,13 +24,13 @@ import os
 import torch
 from torch import nn
 
-from ._compat import load_tensor_file, read_weight_folder
+from ..checkpoints.base import read_weight_folder
+from ..checkpoints.safe_load import load_state_dict
 from .unet_loading import CheckpointKeyError, compare_keys
 
 logger = logging.getLogger(__name__)
 
-_SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_STEMS = ("model", "pytorch_model")
 
 
 def _read_json(path: str) -> dict:
@@ -48,7 +48,7 @@ def is_llava_hf_folder(folder: str) -> bool:
 
 def read_folder_state(folder: str) -> dict[str, torch.Tensor]:
     """All tensors of a transformers-style folder (single file or shards listed in an index)."""
-    return read_weight_folder(folder, _SHARD_INDEXES, _SINGLE_FILES)
+    return read_weight_folder(folder, _WEIGHT_STEMS)
 
 
 def load_tokenizer(folder: str):
@@ -206,7 +206,7 @@ def load_lgvi_mllm_weights(path) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LGVI-I MLLM weights not found: {path} (the lgvi-i checkpoint's llava/llava_weights.pth)")
     if path.endswith((".safetensors", ".sft")):
-        return load_tensor_file(path)
+        return load_state_dict(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     flat = {}
 

@@ -14,19 +14,13 @@ from collections import Counter
 
 import torch
 
-from ._compat import read_weight_folder
+from ..checkpoints.base import folder_weight_files, read_weight_folder
 from .unet import LGVIUNet
 from .unet_config import LGVIUNetConfig, reconcile_with_weights
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_NAMES = (
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.fp16.safetensors",
-    "diffusion_pytorch_model.bin",
-    "diffusion_pytorch_model.fp16.bin",
-)
-INDEX_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+WEIGHT_STEMS = ("diffusion_pytorch_model", "diffusion_pytorch_model.fp16")
 
 
 class CheckpointKeyError(ValueError):
@@ -88,11 +82,14 @@ def find_unet_folder(path: str | os.PathLike) -> str:
 
 
 def _has_weights(folder: str) -> bool:
-    return any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_NAMES + INDEX_NAMES)
+    try:
+        return bool(folder_weight_files(folder, WEIGHT_STEMS))
+    except FileNotFoundError:
+        return False
 
 
 def read_unet_state_dict(folder: str) -> dict[str, torch.Tensor]:
-    return read_weight_folder(folder, INDEX_NAMES, WEIGHT_NAMES)
+    return read_weight_folder(folder, WEIGHT_STEMS)
 
 
 def load_lgvi_unet(
