@@ -61,12 +61,13 @@ def blend_windows(
         if total is None:
             shape = list(prediction.shape)
             shape[frame_dim] = num_frames
-            total = torch.zeros(shape, dtype=torch.float32, device=prediction.device)
+            # accumulate in at least float32 (float64 predictions stay float64)
+            total = torch.zeros(shape, dtype=torch.promote_types(prediction.dtype, torch.float32), device=prediction.device)
         view = [1] * prediction.dim()
         view[frame_dim] = len(window)
         index = torch.tensor(window, device=prediction.device)
-        total.index_add_(frame_dim, index, prediction.float() * weight.to(prediction.device, torch.float32).view(view))
+        total.index_add_(frame_dim, index, prediction.to(total.dtype) * weight.to(total).view(view))
         weight_sum[list(window)] += weight
     view = [1] * total.dim()
     view[frame_dim] = num_frames
-    return (total / weight_sum.to(total.device, torch.float32).view(view)).to(prediction.dtype)
+    return (total / weight_sum.to(total).view(view)).to(prediction.dtype)

@@ -71,3 +71,10 @@ def test_every_public_name_resolves_and_unknown_names_fail():
         assert getattr(cococo_core, name) is not None, name
     with pytest.raises(AttributeError, match="no_such_name"):
         cococo_core.no_such_name
+
+
+def test_blend_keeps_float64_precision():
+    y = torch.randn(1, 2, 30, 2, 2, dtype=torch.float64)
+    blended = blend_windows(30, plan_windows(30, 8, 3), lambda idx: y[:, :, idx])
+    assert blended.dtype == torch.float64
+    torch.testing.assert_close(blended, y, rtol=0, atol=1e-12)
