@@ -13,9 +13,10 @@ import argparse
 import logging
 import time
 
+from .cli_args import DTYPES, add_device_arguments, add_frame_selection, device_and_dtype, non_negative, positive
+
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DEFAULT_FPS = 12.0  # for image sequences, which carry no frame rate (the official demo wrote 12 fps)
 
 
@@ -25,22 +26,6 @@ def _threshold(text: str) -> float | None:
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1] or 'none', got {text}")
-    return value
-
-
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -54,19 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(or a single image for all frames); read with the same --start/--stride/--max-frames")
     files.add_argument("--out", required=True, metavar="PATH",
                        help="output: .mp4 (H.264), .webm (VP9), .gif, or a folder path without a suffix for PNG frames")
-    files.add_argument("--fps", type=_positive(float), metavar="FPS",
-                       help=f"output frame rate (default: the input's divided by --stride; {DEFAULT_FPS:g} for image "
-                            "sequences)")
-    files.add_argument("--start", type=_non_negative, default=0, metavar="N", help="first frame to use (default 0)")
-    files.add_argument("--stride", type=_positive(int), default=1, metavar="K",
-                       help="use every K-th frame (default 1; the official demo used 2)")
-    files.add_argument("--max-frames", type=_positive(int), metavar="N", help="use at most N frames (default: all)")
+    add_frame_selection(files, default_fps=DEFAULT_FPS)
     files.add_argument("--mask-threshold", type=_threshold, default=0.5, metavar="T",
                        help="mask pixels with luminance >= T (in [0, 1]) are filled (default 0.5); 'none' keeps grey "
                             "levels as a soft mask, as the official code does")
-    files.add_argument("--mask-dilate", type=_non_negative, default=0, metavar="PIXELS",
+    files.add_argument("--mask-dilate", type=non_negative, default=0, metavar="PIXELS",
                        help="grow the mask by this many pixels before inpainting (default 0; the official demo used 12)")
-    files.add_argument("--crf", type=_non_negative, metavar="Q",
+    files.add_argument("--crf", type=non_negative, metavar="Q",
                        help="video quality, lower is better (default 18 for .mp4, 30 for .webm)")
 
     models = parser.add_argument_group("models")
@@ -78,15 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              ".safetensors file")
     models.add_argument("--tokenizer", metavar="FOLDER",
                         help="CLIP tokenizer folder (vocab.json + merges.txt); needed with a single-file --base")
-    models.add_argument("--device", default="auto",
-                        help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default auto)")
-    models.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="weights precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
+    add_device_arguments(models)
     models.add_argument("--vae-dtype", choices=list(DTYPES),
                         help="VAE precision (default: as --dtype; fp32 avoids rare fp16 overflow in the SD VAE)")
     models.add_argument("--offload", action="store_true",
                         help="keep the text encoder and VAE on the CPU except while they run (saves accelerator memory)")
-    models.add_argument("--vae-chunk", type=_positive(int), default=8, metavar="FRAMES",
+    models.add_argument("--vae-chunk", type=positive(int), default=8, metavar="FRAMES",
                         help="frames per VAE encode/decode call (default 8; lower saves memory)")
     models.add_argument("--vae-tiling", choices=["auto", "on", "off"], default="auto",
                         help="tiled VAE for large frames (default auto: on above 1024x1024 pixels)")
@@ -96,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--prompt", required=True, help="what should fill the masked region")
     sampling.add_argument("--negative-prompt", default="", help='what to steer away from (default "")')
-    sampling.add_argument("--steps", type=_positive(int), default=50, help="DDIM steps (default 50)")
+    sampling.add_argument("--steps", type=positive(int), default=50, help="DDIM steps (default 50)")
     sampling.add_argument("--guidance", type=float, default=14.0,
                           help="classifier-free guidance scale (default 14 as the official demo; <= 1 disables it)")
     sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0; same seed, same video)")
@@ -104,47 +80,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="VAE latents of the masked frames: a posterior sample as upstream, or the mean")
     sampling.add_argument("--split-cfg", action="store_true",
                           help="two U-Net calls per step instead of one batched call (less memory, slower)")
-    sampling.add_argument("--context-length", type=_positive(int), metavar="FRAMES",
+    sampling.add_argument("--context-length", type=positive(int), metavar="FRAMES",
                           help="temporal window length (default: all frames when they fit the model's limits of 64 "
                                "frames and 10000 attention tokens, else the longest window that fits)")
-    sampling.add_argument("--context-overlap", type=_non_negative, metavar="FRAMES",
+    sampling.add_argument("--context-overlap", type=non_negative, metavar="FRAMES",
                           help="frames shared by neighbouring windows (default: a quarter of the window)")
 
     size = parser.add_argument_group("resolution")
-    size.add_argument("--width", type=_positive(int), metavar="PIXELS",
+    size.add_argument("--width", type=positive(int), metavar="PIXELS",
                       help="working width (default: the input's); with only one of --width/--height the other keeps "
                            "the aspect ratio. The output always has the input size")
-    size.add_argument("--height", type=_positive(int), metavar="PIXELS", help="working height (default: the input's)")
-    size.add_argument("--size-multiple", type=_positive(int), default=64, metavar="PIXELS",
+    size.add_argument("--height", type=positive(int), metavar="PIXELS", help="working height (default: the input's)")
+    size.add_argument("--size-multiple", type=positive(int), default=64, metavar="PIXELS",
                       help="pad frames (by reflection) to a multiple of this (default 64; 8 is the least)")
 
     output = parser.add_argument_group("background")
     output.add_argument("--no-paste-back", action="store_true",
                         help="return every pixel from the model, as upstream (default: the original pixels outside "
                              "the grown, feathered mask are kept exactly)")
-    output.add_argument("--paste-dilate", type=_non_negative, default=8, metavar="PIXELS",
+    output.add_argument("--paste-dilate", type=non_negative, default=8, metavar="PIXELS",
                         help="paste-back keeps generated pixels this far outside the mask (default 8)")
-    output.add_argument("--paste-feather", type=_non_negative, default=8, metavar="PIXELS",
+    output.add_argument("--paste-feather", type=non_negative, default=8, metavar="PIXELS",
                         help="width of the blend between generated and original pixels (default 8)")
-
-
-def _device_and_dtype(device: str, dtype: str):
-    import torch  # noqa: PLC0415
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {device!r}: {error}") from error
-    if dtype == "auto":
-        dtype = "fp32" if resolved.type == "cpu" else "fp16"
-    return resolved, getattr(torch, DTYPES[dtype])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"mask frames are {mask.shape[2]}x{mask.shape[1]} but video frames are "
                          f"{clip.frames.shape[2]}x{clip.frames.shape[1]}")
     fps = args.fps or clip.fps or DEFAULT_FPS
-    device, dtype = _device_and_dtype(args.device, args.dtype)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     vae_dtype = getattr(torch, DTYPES[args.vae_dtype]) if args.vae_dtype else None
     logger.info("%d frames of %dx%d at %.3g fps; loading models on %s (%s)", clip.frames.shape[0],
                 clip.frames.shape[2], clip.frames.shape[1], fps, device, str(dtype).removeprefix("torch."))

@@ -11,7 +11,10 @@ import logging
 import time
 from pathlib import Path
 
+from .cli_args import add_device_arguments, add_frame_selection, device_and_dtype
+
 log = logging.getLogger(__name__)
+DEFAULT_FPS = 8.0  # for image sequences, which carry no frame rate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,12 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="output: a folder (no suffix) of PNG masks, white = masked, or a .mp4/.webm/.gif mask video")
     io.add_argument("--preview", metavar="PATH",
                     help="also write the frames with masks and boxes drawn (folder of PNGs or a video file)")
-    io.add_argument("--fps", type=float, default=None,
-                    help="frame rate of written videos (default: the input's, or 8 for a folder of frames)")
-    io.add_argument("--start", type=int, default=0, metavar="N", help="skip the first N frames of the input (default 0)")
-    io.add_argument("--stride", type=int, default=1, metavar="N",
-                    help="use every N-th frame of the input (default 1), as inpaint --stride does")
-    io.add_argument("--max-frames", type=int, default=None, metavar="N", help="use at most N frames")
+    add_frame_selection(io, default_fps=DEFAULT_FPS)
     models = parser.add_argument_group("models")
     models.add_argument("--detector", required=True, metavar="PATH",
                         help="GroundingDINO: a Hugging Face folder (e.g. grounding-dino-tiny) or an original "
@@ -48,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--segmenter", metavar="PATH",
                         help="Segment Anything: a Hugging Face folder (e.g. sam-vit-base) or an original "
                              "sam_vit_{b,l,h}_*.pth checkpoint; not needed with --box-mode")
-    models.add_argument("--device", default="cpu", help="torch device for both models, e.g. cpu, cuda, cuda:1, mps")
+    add_device_arguments(models, dtype=False)
     masks = parser.add_argument_group("masks")
     masks.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
                        help=f"keep boxes whose best token probability exceeds this (default {DEFAULT_BOX_THRESHOLD})")
@@ -94,13 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.video).exists() and not any(ch in str(args.video) for ch in "*?["):
         raise FileNotFoundError(f"--video not found: {args.video}")
     clip = read_frames(args.video, start=args.start, stride=args.stride, max_frames=args.max_frames)
-    fps = args.fps or clip.fps or 8.0
+    fps = args.fps or clip.fps or DEFAULT_FPS
     check_output(args.out, fps)
     if args.preview:
         check_output(args.preview, fps)
     frames = torch.from_numpy(clip.frames)
-    detector = load_detector(args.detector, bert=args.bert, config=args.detector_config, device=args.device)
-    segmenter = None if args.box_mode else load_segmenter(args.segmenter, device=args.device)
+    device, _ = device_and_dtype(args.device)
+    detector = load_detector(args.detector, bert=args.bert, config=args.detector_config, device=device)
+    segmenter = None if args.box_mode else load_segmenter(args.segmenter, device=device)
     log.info("detector %s, segmenter %s, %d frames %dx%d", detector.variant,
              segmenter.variant if segmenter else "none (box mode)", frames.shape[0], frames.shape[2], frames.shape[1])
     started = time.perf_counter()

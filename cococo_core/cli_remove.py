@@ -19,11 +19,10 @@ import os
 import time
 from pathlib import Path
 
-from .cli_inpaint import _device_and_dtype, _non_negative, _positive
+from .cli_args import add_device_arguments, add_frame_selection, device_and_dtype, non_negative, positive
 
 logger = logging.getLogger(__name__)
 
-DTYPE_NAMES = ["auto", "fp32", "fp16", "bf16"]
 DEFAULT_FPS = 8.0  # the official GIFs: 125 ms per frame
 
 
@@ -38,13 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     files.add_argument("--mask-out", metavar="PATH",
                        help="also write the predicted removal mask (white = removed) as a video / PNG folder")
     files.add_argument("--reply-out", metavar="PATH", help="LGVI-I: also write the chat replies to this text file")
-    files.add_argument("--fps", type=_positive(float), metavar="FPS",
-                       help=f"output frame rate (default: the input's divided by --stride; {DEFAULT_FPS:g} for image "
-                            "sequences, as the official GIFs)")
-    files.add_argument("--start", type=_non_negative, default=0, metavar="N", help="first frame to use (default 0)")
-    files.add_argument("--stride", type=_positive(int), default=1, metavar="K", help="use every K-th frame (default 1)")
-    files.add_argument("--max-frames", type=_positive(int), metavar="N",
-                       help="use at most N frames (default: all; the official scripts took the first 24)")
+    add_frame_selection(files, default_fps=DEFAULT_FPS,
+                        max_frames_help="use at most N frames (default: all; the official scripts took the first 24)")
 
     models = parser.add_argument_group("models")
     models.add_argument("--model", required=True, metavar="FOLDER",
@@ -60,13 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LGVI-I's embed/projector/transfer-head weights (default MODEL/llava/llava_weights.pth)")
     models.add_argument("--quantize", choices=["4bit", "8bit"],
                         help="load the chat model in 4 or 8 bits (needs bitsandbytes and a CUDA GPU; llava-hf folders)")
-    models.add_argument("--device", default="auto",
-                        help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default auto)")
-    models.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
-                        help="weights precision (default auto: fp16 on cuda/mps, fp32 on cpu)")
+    add_device_arguments(models)
     models.add_argument("--attention", choices=["sdpa", "xformers", "naive"], default="sdpa",
                         help="attention kernel (default sdpa = torch scaled_dot_product_attention)")
-    models.add_argument("--vae-chunk", type=_positive(int), default=8, metavar="FRAMES",
+    models.add_argument("--vae-chunk", type=positive(int), default=8, metavar="FRAMES",
                         help="frames per VAE encode/decode call (default 8; lower saves memory)")
 
     sampling = parser.add_argument_group("request and sampling")
@@ -76,23 +67,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--follow-up", action="append", default=[], metavar="TEXT",
                           help="LGVI-I: a follow-up request in the same conversation (repeatable); each turn "
                                "gives its own video")
-    sampling.add_argument("--steps", type=_positive(int), default=50, help="scheduler steps (default 50)")
+    sampling.add_argument("--steps", type=positive(int), default=50, help="scheduler steps (default 50)")
     sampling.add_argument("--guidance", type=float, default=3.0, help="text guidance scale (default 3.0)")
     sampling.add_argument("--image-guidance", type=float, default=1.5,
                           help="video guidance scale (default 1.5; guidance is off unless text > 1 and video >= 1)")
     sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sampling.add_argument("--temperature", type=float, default=0.2, help="LGVI-I chat sampling temperature (default 0.2)")
-    sampling.add_argument("--max-new-tokens", type=_positive(int), default=1024,
+    sampling.add_argument("--max-new-tokens", type=positive(int), default=1024,
                           help="LGVI-I: longest chat reply in tokens (default 1024)")
-    sampling.add_argument("--window", type=_positive(int), default=24, metavar="FRAMES",
+    sampling.add_argument("--window", type=positive(int), default=24, metavar="FRAMES",
                           help="temporal window length for long videos (default 24, the trained length)")
-    sampling.add_argument("--overlap", type=_non_negative, default=4, metavar="FRAMES",
+    sampling.add_argument("--overlap", type=non_negative, default=4, metavar="FRAMES",
                           help="frames shared by neighbouring windows (default 4)")
 
     size = parser.add_argument_group("resolution")
-    size.add_argument("--width", type=_positive(int), default=512, metavar="PIXELS",
+    size.add_argument("--width", type=positive(int), default=512, metavar="PIXELS",
                       help="working width, a multiple of 8 (default 512, the official size)")
-    size.add_argument("--height", type=_positive(int), default=320, metavar="PIXELS",
+    size.add_argument("--height", type=positive(int), default=320, metavar="PIXELS",
                       help="working height, a multiple of 8 (default 320, the official size)")
     size.add_argument("--native-size", action="store_true",
                       help="work at the input size rounded to multiples of 8 instead of --width x --height")
@@ -127,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.mask_out, args.fps or DEFAULT_FPS)
     clip = read_frames(args.video, start=args.start, stride=args.stride, max_frames=args.max_frames)
     fps = args.fps or clip.fps or DEFAULT_FPS
-    device, dtype = _device_and_dtype(args.device, "auto" if args.dtype == "auto" else args.dtype)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     frames = torch.from_numpy(clip.frames)
     options = dict(
         num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
