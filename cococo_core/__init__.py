@@ -37,6 +37,14 @@ _EXPORTS = {
     "read_frames": ".video_io",
     "read_mask": ".video_io",
     "write_video": ".video_io",
+    # personalization by task vectors
+    "MergeRecipe": ".personalize",
+    "LoraSpec": ".personalize",
+    "save_merged": ".personalize",
+    "personalize_modules": ".personalize",
+    "restore_modules": ".personalize",
+    "WeightBackup": ".personalize",
+    "MergeReport": ".personalize",
     # masks from text
     "masks_from_text": ".masks",
     "MaskOptions": ".masks",
