@@ -8,14 +8,6 @@ from cococo_core.cli import main
 from cococo_core.personalize import LoraSpec, MergeRecipe, save_merged
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save (results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 LORA = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 

@@ -12,14 +12,6 @@ from cococo_core.personalize import LoraSpec, MergePlan, MergeRecipe
 from cococo_core.personalize import lora_delta
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save (results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 ATTN = "down_blocks.0.attentions.0.transformer_blocks.0."
 Q = ATTN + "attn1.to_q.weight"

@@ -31,14 +31,6 @@ def _blocks(module):
     return module.temporal_transformer.transformer_blocks[0]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Many small ops: with 2 OpenMP threads spinning on a busy 2-core machine they run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------- references written from the spec text
 def ref_pe(length, dim):

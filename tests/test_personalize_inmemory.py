@@ -7,14 +7,6 @@ from cococo_core.hooks import Cancelled
 from cococo_core.personalize import LoraSpec, MergePlan, MergeRecipe, WeightBackup, personalize_modules, restore_modules
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save (results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 MOTION = "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight"
 

@@ -8,14 +8,6 @@ from cococo_core.checkpoints import UnsafeCheckpointError
 from cococo_core.personalize import LoraSpec, MergePlan, MergeRecipe, save_merged
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save (results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"

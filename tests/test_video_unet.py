@@ -47,14 +47,6 @@ def loaded():
     return video_unet_from_unet2d(fresh_unet(), tiny_models.motion_folder())
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Many small ops: with 2 OpenMP threads spinning on a busy 2-core machine they run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------- structure and placement
 def test_structure_and_official_keys(loaded):
