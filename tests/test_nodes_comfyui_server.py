@@ -7,7 +7,6 @@ the tiny models and the input files, so the user's install is not touched. Skipp
 """
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
