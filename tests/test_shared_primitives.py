@@ -78,3 +78,20 @@ def test_blend_keeps_float64_precision():
     blended = blend_windows(30, plan_windows(30, 8, 3), lambda idx: y[:, :, idx])
     assert blended.dtype == torch.float64
     torch.testing.assert_close(blended, y, rtol=0, atol=1e-12)
+
+
+def test_cli_lists_every_command_and_each_has_help(capsys):
+    from cococo_core.cli import COMMANDS, main
+
+    with pytest.raises(SystemExit) as top:
+        main(["--help"])
+    assert top.value.code == 0
+    listing = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in listing
+        with pytest.raises(SystemExit) as sub:
+            main([command, "--help"])
+        assert sub.value.code == 0 and "usage: python -m cococo_core " + command in capsys.readouterr().out
+    with pytest.raises(SystemExit) as unknown:
+        main(["no-such-command"])
+    assert unknown.value.code == 2
