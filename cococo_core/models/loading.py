@@ -17,8 +17,10 @@ def video_unet_from_unet2d(unet: nn.Module, motion, *, device=None, dtype=None) 
     """Wrap an already loaded 9-channel ``UNet2DConditionModel`` (taken over, not copied) and load the motion
     weights into it. ``motion``: an official ``model_0..3.pth`` folder, a converted ``.safetensors`` file, a list
     of files, or an already read ``{key: tensor}`` dict (official names, ``module.`` prefixes allowed)."""
-    if device is not None or dtype is not None:
-        unet = unet.to(device=device, dtype=dtype)
+    # only what was asked for: diffusers' ``to`` logs a float32 warning whenever a ``dtype`` keyword is present
+    moves = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
+    if moves:
+        unet = unet.to(**moves)
     state = merge_motion_state([motion]) if isinstance(motion, Mapping) else read_motion_weights(motion)
     video_unet = VideoUNet(unet, motion_init="empty")
     try:
