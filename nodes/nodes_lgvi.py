@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import comfy_adapter as comfy
-from .common import (CATEGORY, LGVI_PIPE, LGVII_PIPE, check_model, files_changed, frames_in, frames_out, mask_out,
+from .common import (CATEGORY, LGVI_PIPE, LGVII_CONVERSATION, LGVII_PIPE, check_model, files_changed, frames_in, frames_out, mask_out,
                      model_input, on_execution_device, progress, seed_input, text_input)
 
 logger = logging.getLogger(__name__)
@@ -207,21 +208,28 @@ class CoCoCoLGVIChat:
                 "max_new_tokens": ("INT", {"default": 1024, "min": 1, "max": 4096, "tooltip": "Longest reply LLaVA "
                                    "may write."}),
                 **sampling_inputs(),
-            }
+            },
+            "optional": {
+                "conversation": (LGVII_CONVERSATION, {"tooltip": "Connect the conversation output of another LGVI-I "
+                                 "Chat Removal node to ask a follow-up in the same conversation (e.g. 'what about the "
+                                 "other dog?'); LLaVA then sees the earlier turns and that conversation's first frame."}),
+            },
         }
 
     SEARCH_ALIASES = ["chat removal", "llava removal", "remove object by request"]
-    RETURN_TYPES = ("STRING", "STRING", "IMAGE", "MASK")
-    RETURN_NAMES = ("reply", "removal_phrase", "images", "mask")
+    RETURN_TYPES = ("STRING", "STRING", "IMAGE", "MASK", LGVII_CONVERSATION)
+    RETURN_NAMES = ("reply", "removal_phrase", "images", "mask", "conversation")
     OUTPUT_TOOLTIPS = ("LLaVA's answer to the request.", "The removal phrase inside the reply's {{prompt}} marker "
                        "(empty if the reply has none).", "The frames with the object removed.",
-                       "The predicted mask of the removed object (1 = removed).")
+                       "The predicted mask of the removed object (1 = removed).",
+                       "The conversation so far, for a follow-up request in another LGVI-I Chat Removal node.")
     FUNCTION = "chat"
     CATEGORY = f"{CATEGORY}/LGVI"
     DESCRIPTION = ("LGVI-I interactive removal: LLaVA-1.5 reads the request and the first frame, answers, and its "
-                   "answer conditions the LGVI-I diffusion model that removes the object and predicts its mask.")
+                   "answer conditions the LGVI-I diffusion model that removes the object and predicts its mask. "
+                   "Chain the conversation output into another chat node for follow-up requests.")
 
-    def chat(self, lgvi_i, images, request, temperature, max_new_tokens, **sampling):
+    def chat(self, lgvi_i, images, request, temperature, max_new_tokens, conversation=None, **sampling):
         from cococo_core.lgvi import remove_with_chat
 
         if not request.strip():
@@ -241,6 +249,8 @@ class CoCoCoLGVIChat:
 
             result = remove_with_chat(
                 frames, request, lgvi_path=lgvi_i.lgvi_path, llava_path=lgvi_i.llava_path, clip_path=lgvi_i.clip_path,
+                # a copy: the follow-up must not grow the conversation ComfyUI cached as the earlier node's output
+                session=copy.deepcopy(conversation),
                 device=device, dtype=dtype, quantization=lgvi_i.quantization, seed=sampling["seed"],
                 temperature=temperature, max_new_tokens=max_new_tokens, pipeline_loader=diffusion_model,
                 num_inference_steps=sampling["steps"], guidance_scale=sampling["text_cfg"],
@@ -248,7 +258,7 @@ class CoCoCoLGVIChat:
                 window_overlap=sampling["window_overlap"], callback=progress("LGVI-I"), cancel=cancel,
             )
         mask = result.mask if result.mask is not None else torch.zeros(result.frames.shape[:3])
-        return result.reply, result.phrase or "", frames_out(result.frames), mask_out(mask)
+        return result.reply, result.phrase or "", frames_out(result.frames), mask_out(mask), result.session
 
 
 NODE_CLASS_MAPPINGS = {"CoCoCoLGVILoader": CoCoCoLGVILoader, "CoCoCoLGVIRemove": CoCoCoLGVIRemove,

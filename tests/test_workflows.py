@@ -260,10 +260,25 @@ def test_lgvi_i_chat_removal_workflow(comfy_env):
     prompt = _fast(_api("lgvi_i_chat_removal.json"))
     prompt["4"]["inputs"]["max_new_tokens"] = 6
     outputs = wx.execute(prompt, CLASSES)
-    reply, phrase, frames, mask = outputs["4"][0]
+    reply, phrase, frames, mask, conversation = outputs["4"][0]
     assert isinstance(reply, str) and isinstance(phrase, str)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and mask.shape == (FRAMES, SIZE, SIZE)
     assert outputs["5"][1]["text"] == [reply]
+    assert conversation.conversation.turns[-1][1] == reply
+
+
+def test_lgvi_i_follow_up_continues_the_conversation_without_changing_the_first(comfy_env):
+    prompt = _fast(_api("lgvi_i_chat_removal.json"))
+    prompt["4"]["inputs"]["max_new_tokens"] = 6
+    follow_up = json.loads(json.dumps(prompt["4"]))
+    follow_up["inputs"].update(request="what about the other bird?", conversation=["4", 4])
+    prompt["40"] = follow_up
+    outputs = wx.execute(prompt, CLASSES)
+    first, second = outputs["4"][0][4], outputs["40"][0][4]
+    assert len(first.conversation.turns) == 1  # the cached first turn is untouched by the follow-up
+    assert len(second.conversation.turns) == 2
+    assert second.conversation.turns[0] == first.conversation.turns[0]
+    assert "what about the other bird?" in second.conversation.turns[1][0]
 
 
 def test_converted_motion_weights_load_like_the_official_folder(comfy_env):
