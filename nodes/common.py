@@ -118,36 +118,37 @@ def _module_bytes(modules) -> int:
 def on_execution_device(pipe):
     """Run a pipeline (CoCoCo or LGVI) on ComfyUI's device, then put it back on the offload device.
 
-    A CoCoCo pipeline loaded with ``offload`` moves its text encoder and VAE by itself.
+    ``pipe.to(device)`` moves what the pipeline keeps there (a CoCoCo pipeline loaded with ``offload``
+    keeps its text encoder and VAE on the CPU and moves them by itself); room is made for all of it.
     """
     modules = [getattr(pipe, name, None) for name in ("unet", "vae", "text_encoder")]
-    resident = modules[:1] if getattr(pipe, "offload", False) else modules
-    with modules_on_device(resident, reserve=modules) as device:
-        if not isinstance(getattr(type(pipe), "device", None), property):  # LGVI derives it from its U-Net
-            pipe.device = device
-        try:
-            yield pipe
-        finally:
-            if not isinstance(getattr(type(pipe), "device", None), property):
-                pipe.device = comfy.offload_device()
+    with _on_device(pipe.to, _module_bytes(modules)):
+        yield pipe
 
 
-@contextlib.contextmanager
 def modules_on_device(modules, reserve=None):
     """Move ``modules`` to ComfyUI's device for the block and back to the offload device after it.
 
-    ComfyUI first evicts its own models to make room for ``reserve`` (default: the modules); afterwards
-    the modules leave the accelerator (unless ComfyUI keeps models there, e.g. --highvram), so other
-    nodes get the memory back. Yields the execution device.
+    ComfyUI first evicts its own models to make room for ``reserve`` (default: the modules). Yields the
+    execution device.
     """
+    return _on_device(lambda device: _place(modules, device),
+                      _module_bytes(reserve if reserve is not None else modules))
+
+
+@contextlib.contextmanager
+def _on_device(move, reserve_bytes: int):
+    """``move(device)`` for the block after ComfyUI freed ``reserve_bytes`` there; afterwards
+    ``move(offload device)`` (unless ComfyUI keeps models on the device, e.g. --highvram), so other nodes
+    get the memory back."""
     device, offload = comfy.torch_device(), comfy.offload_device()
-    comfy.free_memory(_module_bytes(reserve if reserve is not None else modules), device)
-    _place(modules, device)
+    comfy.free_memory(reserve_bytes, device)
+    move(device)
     try:
         yield device
     finally:
         if offload != device:
-            _place(modules, offload)
+            move(offload)
             comfy.soft_empty_cache()
 
 

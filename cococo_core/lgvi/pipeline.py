@@ -61,9 +61,11 @@ class LGVIPipeline:
 
     def to(self, device=None, dtype=None) -> "LGVIPipeline":
         """Move (and cast) the U-Net, VAE and text encoder; returns self."""
+        # only what was asked for: diffusers' ``to`` logs a float32 warning whenever a ``dtype`` keyword is present
+        moves = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
         for module in (self.unet, self.vae, self.text_encoder):
             if module is not None:
-                module.to(device=device, dtype=dtype)
+                module.to(**moves)
         return self
 
     @property

@@ -43,14 +43,20 @@ class CoCoCoPipeline:
         if vae_chunk < 1:
             raise ValueError(f"vae_chunk must be >= 1 frame, got {vae_chunk}")
         self.vae, self.text_encoder, self.tokenizer, self.unet = vae, text_encoder, tokenizer, unet
-        self.device = torch.device(device) if device is not None else module_device_dtype(unet)[0]
         self.offload = offload
         self.vae_chunk = vae_chunk
+        self.to(device if device is not None else module_device_dtype(unet)[0])
+
+    def to(self, device) -> "CoCoCoPipeline":
+        """Run on ``device`` from now on: the U-Net moves there, and so do the VAE and text encoder unless
+        offloading (they then wait on the CPU and visit ``device`` only while they work). Returns self."""
+        self.device = torch.device(device)
         self.unet.to(self.device)
-        storage = torch.device("cpu") if offload else self.device
-        for module in (vae, text_encoder):
+        storage = torch.device("cpu") if self.offload else self.device
+        for module in (self.vae, self.text_encoder):
             if module is not None:
                 module.to(storage)
+        return self
 
     @classmethod
     def from_pretrained(cls, base, motion, *, tokenizer=None, device=None, dtype=None, vae_dtype=None,
