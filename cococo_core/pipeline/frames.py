@@ -87,13 +87,6 @@ def as_mask(mask, num_frames: int, height: int, width: int) -> torch.Tensor:
     return values.expand(num_frames, height, width).contiguous()
 
 
-def grow_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Binary dilation of (mask > 0) by a (2·pixels+1)² square; soft values inside are kept as max."""
-    if pixels <= 0:
-        return mask
-    return F.max_pool2d(mask[:, None], 2 * pixels + 1, stride=1, padding=pixels)[:, 0]
-
-
 @dataclass(frozen=True)
 class Geometry:
     """User frame size -> working size (resize) -> padded size (multiple of ``size_multiple``)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .frames import grow_mask
+from ..masks.morphology import grow
 
 
 def paste_weights(mask: torch.Tensor, *, dilate: int = 8, feather: int = 8) -> torch.Tensor:
@@ -22,7 +22,7 @@ def paste_weights(mask: torch.Tensor, *, dilate: int = 8, feather: int = 8) -> t
     if dilate < 0 or feather < 0:
         raise ValueError(f"paste-back dilate and feather must be >= 0, got {dilate} and {feather}")
     radius = feather // 2
-    hole = grow_mask((mask > 0).to(torch.float32), dilate + radius)
+    hole = grow((mask > 0).to(torch.float32), dilate + radius)
     if radius == 0:
         return hole
     blurred = F.avg_pool2d(hole[:, None], 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)[:, 0]

@@ -17,7 +17,8 @@ from ..hooks import CancelCheck, StepCallback, check_cancelled
 from .conditioning import decode_latents, encode_images, latent_mask, masked_image, module_device_dtype
 from .conditioning import vae_tiling as tiled_vae
 from .ddim import ddim_schedule
-from .frames import as_mask, as_video, from_working, grow_mask, plan_geometry, to_working, video_to_float
+from ..masks.morphology import grow
+from .frames import as_mask, as_video, from_working, plan_geometry, to_working, video_to_float
 from .paste import paste_back as paste_original
 from .paste import paste_weights
 from .sampler import denoise
@@ -129,7 +130,7 @@ class CoCoCoPipeline:
         if not holes.any():
             logger.info("the mask is empty: returning the input video unchanged")
             return _convert(original, output)
-        holes = grow_mask(holes, mask_dilate)
+        holes = grow(holes, mask_dilate)  # mask_dilate >= 0 (checked): a dilation
         geometry = plan_geometry(in_h, in_w, work_width=width, work_height=height, size_multiple=size_multiple)
         frames = to_working(video_to_float(original).permute(0, 3, 1, 2), geometry)
         holes_work = to_working(holes[:, None], geometry, binary=bool(((holes == 0) | (holes == 1)).all()))
