@@ -25,6 +25,7 @@ import torch
 
 from ..hooks import CancelCheck, StepCallback, check_cancelled, report
 from .configs import clip_config_from_shapes, unet_config_from_shapes, vae_config_from_shapes
+from .keys import compare_keys, shapes_of
 from .detect import CheckpointInfo, detect_folder, detect_state, require_sd1
 from .ldm_keys import COMPONENTS, SDKeyMap, ema_key, ldm_to_diffusers, normalize_vae_key
 from .safe_load import CheckpointError, load_state_dict, open_state
@@ -220,12 +221,10 @@ def load_sd_state(source: str | os.PathLike, *, components: Sequence[str] = MODE
 
 # ----------------------------------------------------------------------------------------------- modules
 def _verify_keys(name: str, state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> None:
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = sorted(f"{k} {tuple(state[k].shape)} (model: {expected[k]})"
-                        for k in set(state) & set(expected) if tuple(state[k].shape) != expected[k])
-    if missing or unexpected or mis_shaped:
+    comparison = compare_keys(shapes_of(module.state_dict()), shapes_of(state))
+    missing, unexpected = comparison.missing, comparison.unexpected
+    mis_shaped = [f"{k} {file_shape} (model: {model_shape})" for k, file_shape, model_shape in comparison.mismatched]
+    if not comparison.ok:
         parts = [f"{label} ({len(items)}): {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)) if items]
         raise CheckpointError(f"{name} does not match the {type(module).__name__} built for it; " + "; ".join(parts))

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..checkpoints.base import read_weight_folder
 from ..checkpoints.safe_load import load_state_dict
-from .unet_loading import CheckpointKeyError, compare_keys
+from ..checkpoints.keys import compare_keys, shapes_of
+from .unet_loading import CheckpointKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def _from_original_layout(path: str, clip_path, dtype):
         model = LlavaForConditionalGeneration(config)
     state = map_original_keys(read_folder_state(path), read_folder_state(clip_path), model.state_dict().keys())
     model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    report = compare_keys(model_shapes, {k: tuple(v.shape) for k, v in state.items()})
+    report = compare_keys(model_shapes, shapes_of(state))
     if not report.ok:
         raise CheckpointKeyError(f"original-layout LLaVA at {path} (+ {clip_path}) does not match its config: {report.summary()}")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)

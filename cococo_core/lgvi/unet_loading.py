@@ -7,14 +7,13 @@ shape mismatches are listed (grouped, so 16 temporal layers read as one line) in
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from collections import Counter
 
 import torch
 
 from ..checkpoints.base import folder_weight_files, read_weight_folder
+from ..checkpoints.keys import compare_keys, shapes_of
 from .unet import LGVIUNet
 from .unet_config import LGVIUNetConfig, reconcile_with_weights
 
@@ -25,48 +24,6 @@ WEIGHT_STEMS = ("diffusion_pytorch_model", "diffusion_pytorch_model.fp16")
 
 class CheckpointKeyError(ValueError):
     """The checkpoint's tensors do not match the model built from its config."""
-
-
-@dataclasses.dataclass
-class KeyReport:
-    missing: list[str]
-    unexpected: list[str]
-    mismatched: list[tuple[str, tuple, tuple]]  # key, checkpoint shape, model shape
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def summary(self, limit: int = 8) -> str:
-        parts = []
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing ({_grouped(self.missing, limit)})")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected ({_grouped(self.unexpected, limit)})")
-        if self.mismatched:
-            shown = ", ".join(f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched[:limit])
-            parts.append(f"{len(self.mismatched)} with other shapes ({shown})")
-        return "; ".join(parts) or "all keys match"
-
-
-def _grouped(keys: list[str], limit: int) -> str:
-    """Collapse block indices so repeated layers read as one pattern: 'down_blocks.*.attentions.*...' x16."""
-    patterns = Counter(".".join("*" if part.isdigit() else part for part in key.split(".")) for key in keys)
-    shown = [f"{pattern} x{count}" if count > 1 else pattern for pattern, count in patterns.most_common(limit)]
-    if len(patterns) > limit:
-        shown.append(f"... {len(patterns) - limit} more patterns")
-    return ", ".join(shown)
-
-
-def compare_keys(model_shapes: dict[str, tuple], file_shapes: dict[str, tuple]) -> KeyReport:
-    missing = sorted(set(model_shapes) - set(file_shapes))
-    unexpected = sorted(set(file_shapes) - set(model_shapes))
-    mismatched = [
-        (key, file_shapes[key], model_shapes[key])
-        for key in sorted(set(model_shapes) & set(file_shapes))
-        if tuple(file_shapes[key]) != tuple(model_shapes[key])
-    ]
-    return KeyReport(missing, unexpected, mismatched)
 
 
 def find_unet_folder(path: str | os.PathLike) -> str:
@@ -106,7 +63,7 @@ def load_lgvi_unet(
     config = reconcile_with_weights(config, {key: tuple(value.shape) for key, value in state.items()})
     with torch.device("meta"):
         model = LGVIUNet(config)
-    report = compare_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, {k: tuple(v.shape) for k, v in state.items()})
+    report = compare_keys(shapes_of(model.state_dict()), shapes_of(state))
     if not report.ok:
         message = f"LGVI U-Net checkpoint {folder} does not match its config: {report.summary()}"
         if strict:

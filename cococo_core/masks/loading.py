@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.keys import compare_keys, shapes_of
 from . import convert_dino, convert_sam
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,9 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
     state = dict(state)
     for name in own.keys() - parameters - state.keys():
         state[name] = own[name]
-    expected = {key for key in own if not key.startswith(unused)}
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
+    comparison = compare_keys({key: tuple(own[key].shape) for key in own if not key.startswith(unused)},
+                              shapes_of(state))
+    missing, unexpected = comparison.missing, comparison.unexpected  # other shapes: load_state_dict names them
     if missing or unexpected:
         import transformers
 

@@ -20,6 +20,7 @@ from typing import Iterable, Mapping
 
 import torch
 
+from ..checkpoints.keys import compare_keys, shapes_of
 from ..checkpoints.safe_load import CheckpointError, load_state_dict
 from .video_unet import MOTION_MARKER, VideoUNet
 
@@ -103,12 +104,9 @@ def read_motion_weights(source) -> dict[str, torch.Tensor]:
 
 def check_motion_state(expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor]) -> None:
     """Raise :class:`MotionWeightsError` unless every expected motion tensor is present with its shape."""
-    missing = sorted(k for k in expected if k not in state)
-    wrong = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k])}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k])
-    )
+    report = compare_keys({k: tuple(shape) for k, shape in expected.items()}, shapes_of(state))
+    missing = report.missing  # tensors the motion modules do not have are not an error here (they are logged)
+    wrong = [f"{k}: file {file_shape} vs model {model_shape}" for k, file_shape, model_shape in report.mismatched]
     if not missing and not wrong:
         return
     lines = []
