@@ -116,7 +116,7 @@ def main() -> None:
                 command = [sys.executable, __file__, "--child", variant, "--file", str(path), "--threads", str(args.threads)]
                 out = subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ)
                 rows.append({"repeat": repeat + 1, **json.loads(out.stdout.strip().splitlines()[-1])})
-    print(f"\n| variant | repeat | seconds | peak RSS GB |\n|---|---:|---:|---:|")
+    print("\n| variant | repeat | seconds | peak RSS GB |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['variant']} | {row['repeat']} | {row['seconds']:.1f} | {row['peak_rss_gb']:.2f} |")
     results = ROOT / "bench" / "results"
