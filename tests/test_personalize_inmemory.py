@@ -94,9 +94,19 @@ def test_cancelled_merge_is_restorable_from_files(files):
 
 def test_backup_mode_remerge_and_restore(files):
     live, backup, steps = targets(), WeightBackup(), []
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled):  # cancelled in the checking pass: nothing written, nothing saved
         personalize_modules(live, recipe(files, 1.5, inpaint=False), backup=backup,
                             callback=lambda s, t, _: steps.append(s), cancel=lambda: len(steps) >= 250)
+    assert len(backup) == 0
+    assert_original(live)
+    steps.clear()
+
+    def written():  # steps of the writing pass (the second half of the 2·N reported steps)
+        return steps[-1][0] - steps[-1][1] // 2 if steps else 0
+
+    with pytest.raises(Cancelled):
+        personalize_modules(live, recipe(files, 1.5, inpaint=False), backup=backup,
+                            callback=lambda s, t, _: steps.append((s, t)), cancel=lambda: written() >= 250)
     assert len(backup) == 250
     personalize_modules(live, recipe(files, 0.5, inpaint=False), backup=backup)
     assert_state(live, expected(files, 0.5))

@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, MutableMapping, Optional, Tuple, Union
 import torch
 
 from ..hooks import CancelCheck, StepCallback, check_cancelled, report
+from .finite import is_finite
 from .plan import MergePlan, MergeRecipe, is_motion_key
 from .report import MergeReport
 from .sources import ComponentSource, ModelSource, normalize_key
@@ -100,10 +101,15 @@ def personalize_modules(targets: Mapping[str, Target], recipe: MergeRecipe, *, b
     """Merge ``recipe`` into ``targets`` (``{"unet"|"text_encoder"|"vae": module or state dict}``) in place.
 
     The originals are ``recipe.inpaint`` (the SD-inpainting files the targets were loaded from) or,
-    when it is None, ``backup``'s saved values (the targets' current values the first time). Every
-    check (family, shapes, LoRA names) runs before the first weight changes. ``callback(step, total,
-    None)`` after each tensor; ``cancel()`` before each (``device``: where the float32 arithmetic runs): a cancelled merge leaves the targets partly
-    merged, and the next merge or :func:`restore_modules` brings them back to a defined state.
+    when it is None, ``backup``'s saved values (the targets' current values the first time).
+
+    All or nothing: every check (family, shapes, LoRA names, DoRA axes, finite inputs) runs before the
+    first weight changes, and a first pass computes every merged weight and checks that it is finite
+    in the target's dtype before a second pass writes them, so a failing merge leaves the targets
+    bitwise unchanged (this costs the arithmetic twice). ``callback(step, 2·N, None)`` after each
+    tensor of either pass; ``cancel()`` before each (``device``: where the float32 arithmetic runs): a
+    merge cancelled while checking changes nothing, one cancelled while writing leaves the targets
+    partly merged, and the next merge or :func:`restore_modules` brings them back to a defined state.
     """
     live = _live_tensors(targets)
     if recipe.inpaint is None:
@@ -127,14 +133,21 @@ def personalize_modules(targets: Mapping[str, Target], recipe: MergeRecipe, *, b
         untouched = sum(len(t) for t in live.values()) - len(work)
         if untouched:
             plan.report.notes.append(f"{untouched} target tensors not in the inpainting model (e.g. motion modules) left unchanged")
+        total = 2 * len(work)
         with torch.no_grad():
-            for step, (component, key, target) in enumerate(work, 1):
+            for step, (component, key, target) in enumerate(work, 1):  # checking pass: nothing is written
+                check_cancelled(cancel)
+                merged = plan.compute(component, key)
+                if merged.is_floating_point() and target.dtype != merged.dtype and not is_finite(merged.to(target.dtype)):
+                    raise plan.non_finite(component, key, target.dtype)
+                report(callback, step, total)
+            for step, (component, key, target) in enumerate(work, len(work) + 1):
                 check_cancelled(cancel)
                 merged = plan.compute(component, key)
                 if backup is not None:
                     backup.save(component, key, target)
                 target.copy_(merged)
-                report(callback, step, len(work))
+                report(callback, step, total)
         return plan.report
 
 

@@ -13,18 +13,21 @@ Formulas follow checkpoint-formats.md §2.1-2.4:
   both factors are stored whole the scale is 1.
 * full / diff: Δ = diff (bias: diff_b).
 * DoRA: W' = (W + Δ) · m / ‖W + Δ‖ with the norm over every axis except the one m
-  keeps (LyCORIS ``wd_on_out=False`` stores m as [1, in, ...]; PEFT's
-  ``lora_magnitude_vector`` and ``wd_on_out=True`` store it per output row); the
+  keeps (:func:`dora_axis`): PEFT's ``lora_magnitude_vector`` is always one value per
+  output channel (``[out]`` for Linear, ``[1, out, 1, 1]`` for convolutions); LyCORIS
+  ``dora_scale`` is ``[out, 1, ...]`` (``wd_on_out=True``) or ``[1, in, ...]``. The
   returned delta is W' − W, so strength s gives W + s·(W' − W) like ComfyUI.
 
-Alpha: a stored alpha of 0 (or none) means "alpha = rank", i.e. scale 1, which is what
-the kohya trainer that wrote such files does (ComfyUI instead zeroes the delta).
+Scale: alpha / r, or alpha / √r for PEFT's rank-stabilised LoRA (``use_rslora``). A stored
+alpha of 0 (or none) means "alpha = rank", i.e. scale 1, which is what the kohya trainer that
+wrote such files does (ComfyUI instead zeroes the delta).
 Unlike the official CoCoCo ``convert_lora.py``, the alpha / rank scale is applied to
 Linear layers as well as convolutions (that script omits it for Linear layers, making
 LoRAs with alpha ≠ rank r/alpha times too strong on every attention and FF layer).
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -36,11 +39,11 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.to(dtype=F32)
 
 
-def alpha_scale(alpha: Optional[float], rank: int) -> float:
-    """alpha / rank; a missing or zero alpha means alpha = rank (kohya semantics)."""
+def alpha_scale(alpha: Optional[float], rank: int, *, rslora: bool = False) -> float:
+    """alpha / rank (alpha / √rank with ``rslora``); a missing or zero alpha means scale 1 (kohya semantics)."""
     if alpha is None or float(alpha) == 0.0:
         return 1.0
-    return float(alpha) / float(rank)
+    return float(alpha) / (math.sqrt(rank) if rslora else float(rank))
 
 
 def _reshape(delta: torch.Tensor, target_shape: Sequence[int], what: str) -> torch.Tensor:
@@ -51,8 +54,8 @@ def _reshape(delta: torch.Tensor, target_shape: Sequence[int], what: str) -> tor
 
 
 def lora(up: torch.Tensor, down: torch.Tensor, target_shape: Sequence[int], *, alpha: Optional[float] = None,
-         mid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """kohya LoRA / LoCon delta (with the optional Tucker core ``lora_mid``)."""
+         mid: Optional[torch.Tensor] = None, rslora: bool = False) -> torch.Tensor:
+    """kohya LoRA / LoCon / PEFT delta (with the optional Tucker core ``lora_mid``)."""
     up, down = _f32(up), _f32(down)
     rank = down.shape[0]
     if mid is None:
@@ -60,7 +63,7 @@ def lora(up: torch.Tensor, down: torch.Tensor, target_shape: Sequence[int], *, a
     else:
         mid = _f32(mid)
         delta = torch.einsum("abhw,oa,bi->oihw", mid, up.flatten(1), down.flatten(1))
-    return _reshape(delta, target_shape, "LoRA") * alpha_scale(alpha, rank)
+    return _reshape(delta, target_shape, "LoRA") * alpha_scale(alpha, rank, rslora=rslora)
 
 
 def _cp_factor(t: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -97,19 +100,33 @@ def lokr(tensors: Mapping[str, torch.Tensor], target_shape: Sequence[int], *, al
     return delta if rank is None else delta * alpha_scale(alpha, rank)
 
 
-def dora(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """DoRA: W' − W where W' = (W + Δ) · m / ‖W + Δ‖ (norm over all axes but the one ``m`` keeps)."""
+def dora_axis(magnitude_shape: Sequence[int], weight_shape: Sequence[int], *, per_output: bool) -> int:
+    """The axis of the weight a DoRA magnitude keeps (0: output channels, 1: input channels); ValueError if none.
+
+    ``per_output``: PEFT's ``lora_magnitude_vector`` (always per output channel, any shape with ``out``
+    values). Otherwise LyCORIS / kohya ``dora_scale``: per output when its first dimension is ``out``
+    (or it is 1-D with ``out`` values), else per input when it holds ``in`` values (as ComfyUI decides).
+    """
+    m, w = torch.Size(magnitude_shape), torch.Size(weight_shape)
+    what = "PEFT DoRA lora_magnitude_vector" if per_output else "DoRA dora_scale"
+    if len(w) < 2:
+        raise ValueError(f"{what}: a weight of shape {tuple(w)} has no output and input axes")
+    if m.numel() == w[0] and (per_output or len(m) <= 1 or m[0] == w[0]):
+        return 0
+    if not per_output and m.numel() == w[1]:
+        return 1
+    fits = "one value per output channel" if per_output else "one value per output or input channel"
+    raise ValueError(f"{what} of shape {tuple(m)} does not hold {fits} of a weight of shape {tuple(w)}")
+
+
+def dora(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, *, per_output: bool = False) -> torch.Tensor:
+    """DoRA: W' − W where W' = (W + Δ) · m / ‖W + Δ‖ (norm over all axes but the one ``m`` keeps, see :func:`dora_axis`)."""
     w = _f32(weight)
     merged = w + _f32(delta)
-    m = _f32(magnitude)
-    out_axis = m.numel() == merged.shape[0] and (m.dim() <= 1 or m.shape[0] == merged.shape[0])
-    if out_axis:
-        norm = merged.reshape(merged.shape[0], -1).norm(dim=1).reshape(merged.shape[0], *[1] * (merged.dim() - 1))
-        m = m.reshape(norm.shape)
-    elif m.numel() == merged.shape[1]:
-        norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1)
-        norm = norm.reshape(1, merged.shape[1], *[1] * (merged.dim() - 2))
-        m = m.reshape(norm.shape)
-    else:
-        raise ValueError(f"DoRA: magnitude of shape {tuple(magnitude.shape)} fits neither axis of a weight of shape {tuple(weight.shape)}")
+    axis = dora_axis(magnitude.shape, merged.shape, per_output=per_output)
+    channels = merged.shape[axis]
+    norm = merged.transpose(0, axis).reshape(channels, -1).norm(dim=1)
+    view = [1] * merged.dim()
+    view[axis] = channels
+    norm, m = norm.reshape(view), _f32(magnitude).reshape(view)
     return merged * (m / (norm + torch.finfo(F32).eps)) - w

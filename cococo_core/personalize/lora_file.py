@@ -4,13 +4,13 @@ A key is ``<module name><suffix>``; the suffix says which factor it is (checkpoi
 §2.1-2.3): kohya / LyCORIS (``.lora_up.weight``, ``.alpha``, ``.hada_w1_a``, ``.lokr_w1``,
 ``.diff``, ``.dora_scale`` ...), diffusers (``.lora.up.weight``, old attn-processor
 ``to_q_lora.up.weight``, ``.lora_linear_layer.up.weight``) and PEFT (``.lora_A.weight`` /
-``.lora_B.weight``, ``.lora_magnitude_vector``). Keys that fit no known pattern, and
+``.lora_B.weight``, ``.lora_B.bias`` of ``lora_bias``, ``.lora_magnitude_vector``). Keys that fit no known pattern, and
 modules whose factors are incomplete or of an unsupported algorithm (IA³, GLoRA, OFT ...),
 are returned as *unused* with the reason, never dropped silently.
 """
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -23,12 +23,13 @@ _SUFFIXES: Tuple[Tuple[str, str], ...] = tuple(sorted((
     (".lora_up.weight", "up"), (".lora_down.weight", "down"), (".lora_mid.weight", "mid"),
     (".lora_B.weight", "up"), (".lora_A.weight", "down"),
     (".lora_B.default.weight", "up"), (".lora_A.default.weight", "down"),
+    (".lora_B.bias", "lora_bias"), (".lora_B.default.bias", "lora_bias"),
     (".lora.up.weight", "up"), (".lora.down.weight", "down"),
     (".lora_linear_layer.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
     (".up.weight", "up"), (".down.weight", "down"),
     (".alpha", "alpha"),
-    (".dora_scale", "dora_scale"), (".lora_magnitude_vector", "dora_scale"),
-    (".lora_magnitude_vector.weight", "dora_scale"), (".lora_magnitude_vector.default.weight", "dora_scale"),
+    (".dora_scale", "dora_scale"), (".lora_magnitude_vector", "magnitude"),
+    (".lora_magnitude_vector.weight", "magnitude"), (".lora_magnitude_vector.default.weight", "magnitude"),
     (".hada_w1_a", "hada_w1_a"), (".hada_w1_b", "hada_w1_b"), (".hada_w2_a", "hada_w2_a"),
     (".hada_w2_b", "hada_w2_b"), (".hada_t1", "hada_t1"), (".hada_t2", "hada_t2"),
     (".lokr_w1", "lokr_w1"), (".lokr_w1_a", "lokr_w1_a"), (".lokr_w1_b", "lokr_w1_b"),
@@ -40,16 +41,23 @@ _SUFFIXES: Tuple[Tuple[str, str], ...] = tuple(sorted((
 ), key=lambda item: -len(item[0])))
 
 _UNSUPPORTED = {"ia3": "IA³ (scales activations, not weights)", "glora": "GLoRA", "oft": "OFT / BOFT"}
+_PEFT_ROLES = ("up", "down")
+F32_MAX = torch.finfo(torch.float32).max
 
 
 @dataclass
 class LoraModule:
-    """One adapted module of a LoRA file: its factors by role and the file keys they came from."""
+    """One adapted module of a LoRA file: its factors by role and the file keys they came from.
+
+    ``default_alpha`` / ``rslora`` come from the file's PEFT config (:mod:`.peft_config`) and are used
+    when the module has no ``.alpha`` tensor of its own.
+    """
 
     name: str
     tensors: Dict[str, torch.Tensor] = field(default_factory=dict)
     keys: Dict[str, str] = field(default_factory=dict)  # role -> file key
-    default_alpha: Optional[float] = None  # from metadata (PEFT), used when no ".alpha" tensor
+    default_alpha: Optional[float] = None
+    rslora: bool = False
 
     def on(self, device) -> "LoraModule":
         """The same module with its factors on ``device`` (alpha resolved first, so "meta" works too)."""
@@ -57,13 +65,22 @@ class LoraModule:
         if all(t.device == device for t in self.tensors.values()):
             return self
         return LoraModule(self.name, {r: t.to(device) for r, t in self.tensors.items() if r != "alpha"},
-                          dict(self.keys), default_alpha=self.alpha)
+                          dict(self.keys), default_alpha=self.alpha, rslora=self.rslora)
 
     @property
     def alpha(self) -> Optional[float]:
         if "alpha" in self.tensors:
-            return float(self.tensors["alpha"].float().reshape(-1)[0])
+            return float(self.tensors["alpha"].double().reshape(-1)[0])
         return self.default_alpha
+
+    @property
+    def is_peft(self) -> bool:
+        """Written in PEFT's own names (``lora_A`` / ``lora_B``), whose alpha lives in a config, not a tensor."""
+        return any(".lora_A." in self.keys.get(r, "") or ".lora_B." in self.keys.get(r, "") for r in _PEFT_ROLES)
+
+    @property
+    def rank(self) -> Optional[int]:
+        return int(self.tensors["down"].shape[0]) if "down" in self.tensors else None
 
     @property
     def kind(self) -> str:
@@ -101,7 +118,29 @@ class LoraModule:
 
     @property
     def is_dora(self) -> bool:
-        return "dora_scale" in self.tensors
+        return "dora_scale" in self.tensors or "magnitude" in self.tensors
+
+    def dora(self, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """W' − W for this DoRA module (PEFT's ``lora_magnitude_vector`` is per output channel)."""
+        if "magnitude" in self.tensors:
+            return lora_delta.dora(weight, delta, self.tensors["magnitude"], per_output=True)
+        return lora_delta.dora(weight, delta, self.tensors["dora_scale"])
+
+    def check(self, target_shape) -> None:
+        """Every shape of the merge of this module into a weight of ``target_shape``, on the meta device
+        (ValueError when a factor or the DoRA magnitude does not fit), and a finite float32 scale."""
+        meta = self.on("meta")
+        delta = meta.weight_delta(target_shape)
+        if self.is_dora:
+            meta.dora(torch.empty(tuple(target_shape), device="meta"), delta)
+        scale = self.scale()
+        if not math.isfinite(scale) or abs(scale) > F32_MAX:
+            raise ValueError(f"scale alpha / rank = {scale:g} (alpha {self.alpha:g}) does not fit in float32")
+
+    def scale(self) -> float:
+        """The alpha scale of a ``lora`` module (1 for other kinds, whose scale is applied in their formula)."""
+        rank = self.rank
+        return 1.0 if rank is None else lora_delta.alpha_scale(self.alpha, rank, rslora=self.rslora)
 
     @property
     def has_weight_delta(self) -> bool:
@@ -112,7 +151,7 @@ class LoraModule:
         kind = self.kind
         if kind == "lora":
             return lora_delta.lora(self.tensors["up"], self.tensors["down"], target_shape,
-                                   alpha=self.alpha, mid=self.tensors.get("mid"))
+                                   alpha=self.alpha, mid=self.tensors.get("mid"), rslora=self.rslora)
         if kind == "loha":
             return lora_delta.loha(self.tensors, target_shape, alpha=self.alpha)
         if kind == "lokr":
@@ -123,8 +162,15 @@ class LoraModule:
         return diff.reshape(tuple(target_shape))
 
     def bias_delta(self) -> Optional[torch.Tensor]:
-        bias = self.tensors.get("diff_b")
-        return None if bias is None else bias.to(torch.float32)
+        """Δ for the module's bias in float32: ``diff_b``, or PEFT's ``lora_B.bias`` (``lora_bias``) times the scale."""
+        if "diff_b" in self.tensors:
+            return self.tensors["diff_b"].to(torch.float32)
+        bias = self.tensors.get("lora_bias")
+        return None if bias is None else bias.to(torch.float32) * self.scale()
+
+    @property
+    def bias_key(self) -> Optional[str]:
+        return self.keys.get("diff_b", self.keys.get("lora_bias"))
 
     def input_dim(self) -> Optional[int]:
         """Input features of the adapted layer where the factors say it (used to tell SD1 / SD2 / SDXL apart)."""
@@ -152,61 +198,17 @@ def split_key(key: str) -> Optional[Tuple[str, str]]:
     return None
 
 
-def metadata_alpha(metadata: Optional[Mapping[str, str]]) -> Optional[float]:
-    """A global LoRA alpha stored in safetensors metadata by PEFT-family trainers, if any.
-
-    Understood: diffusers' ``lora_adapter_metadata`` (a JSON LoraConfig with ``lora_alpha``;
-    flat ``unet.lora_alpha`` keys or nested per-component configs: the first found), and a plain
-    ``lora_alpha`` / ``ss_network_alpha`` string. Per-module alpha tensors win over it; PEFT's
-    per-module ``alpha_pattern`` is not read.
-    """
-    if not metadata:
-        return None
-    raw = metadata.get("lora_adapter_metadata")
-    if raw:
-        try:
-            config = json.loads(raw)
-        except (TypeError, ValueError):
-            config = {}
-        found = _find_alpha(config)
-        if found is not None:
-            return found
-    for key in ("lora_alpha", "ss_network_alpha"):
-        value = metadata.get(key)
-        if value is not None:
-            try:
-                return float(value)
-            except ValueError:
-                continue
-    return None
-
-
-def _find_alpha(config) -> Optional[float]:
-    """The first ``lora_alpha`` (or ``<component>.lora_alpha``) number in a JSON config, nested or flat."""
-    if not isinstance(config, dict):
-        return None
-    for key, value in config.items():
-        if key.split(".")[-1] == "lora_alpha" and isinstance(value, (int, float)):
-            return float(value)
-    for value in config.values():
-        found = _find_alpha(value)
-        if found is not None:
-            return found
-    return None
-
-
-def parse_lora(state: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]] = None) -> ParsedLora:
+def parse_lora(state: Mapping[str, torch.Tensor]) -> ParsedLora:
     """Group ``state`` (file key -> tensor) into :class:`LoraModule` s by module name."""
     modules: Dict[str, LoraModule] = {}
     unused: Dict[str, str] = {}
-    default_alpha = metadata_alpha(metadata)
     for key, tensor in state.items():
         split = split_key(key)
         if split is None:
             unused[key] = "not a known LoRA / LyCORIS / PEFT tensor name"
             continue
         name, role = split
-        module = modules.setdefault(name, LoraModule(name, default_alpha=default_alpha))
+        module = modules.setdefault(name, LoraModule(name))
         if role in module.tensors:  # e.g. two glora factors; keep all keys accounted for
             role = f"{role}#{len(module.tensors)}"
         module.tensors[role] = tensor

@@ -11,7 +11,9 @@ float32 and cast once to the output dtype (checkpoint-formats.md §3.5, §4):
 * non-float tensors are copied from the inpainting model; motion-module keys are never changed.
 
 A :class:`MergePlan` opens the inputs, checks everything that can be checked without reading
-weights (model family, shapes, LoRA names and shapes) and then computes one weight at a time.
+weights (model family, a 9-channel inpainting U-Net, shapes, LoRA names, shapes, DoRA axes, ranks
+and finite factors) and then computes one weight at a time; a merged weight with NaN / inf (from
+an input or an overflow) raises :class:`NonFiniteError` naming the file and tensor responsible.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 from ..checkpoints import ldm_keys
 from ..checkpoints.safe_load import CheckpointError
 from . import family
+from .finite import NonFiniteError, is_finite
 from .lora_names import LoraTargets
 from .loras import LoraSpec, LoraStack
 from .report import MergeReport
@@ -83,6 +86,20 @@ def _paddable(small: Tuple[int, ...], big: Tuple[int, ...]) -> bool:
     return (len(small) == len(big) >= 2 and small[0] == big[0] and small[2:] == big[2:] and small[1] < big[1])
 
 
+def _require_inpainting_unet(model: ModelSource) -> None:
+    """The model given as the inpainting model must have more conv_in channels than latent ones (9 vs 4)."""
+    unet = model.get("unet")
+    if CONV_IN not in unet:
+        return
+    channels = unet.shape(CONV_IN)[1]
+    latent = unet.shape("conv_out.weight")[0] if "conv_out.weight" in unet else 4
+    if channels <= latent:
+        raise ValueError(
+            f"inpainting model {model.name}: its conv_in has {channels} input channels, so it is a text-to-image "
+            f"model; the inpainting model must have {2 * latent + 1} (latent + mask + masked-image latent), e.g. "
+            "sd-v1-5-inpainting. Give the text-to-image SD-1.5 as the base model instead")
+
+
 class MergePlan:
     """Checked merge of one recipe; :meth:`compute` returns one merged weight at a time."""
 
@@ -129,6 +146,7 @@ class MergePlan:
         if self.personal is not None and self.base is None:
             raise ValueError("a personalized checkpoint needs the SD-1.5 base model (tau_p = personal - SD1.5); give base")
         family.require_sd1(self.inpaint, "inpainting model")
+        _require_inpainting_unet(self.inpaint)
         width = family.cross_attention_width(self.inpaint)
         for model, role in ((self.base, "base model"), (self.personal, "personalized model")):
             if model is not None:
@@ -150,6 +168,7 @@ class MergePlan:
             for key, reason in unused.items():
                 self.report.add_unused(f"LoRA {label}", key, reason)
         self.report.lora_modules = dict(self.loras.applied)
+        self.report.notes.extend(self.loras.notes)
         for (component, key) in self.loras.entries:
             if component in self.report.components:
                 self.report.counts(component).lora += 1
@@ -256,7 +275,29 @@ class MergePlan:
     def compute(self, component: str, key: str) -> torch.Tensor:
         """The merged weight (in :meth:`out_dtype`, on the plan's ``device``, where the arithmetic runs);
         may be the inpainting model's own tensor when unchanged. Large weights are merged in blocks of
-        rows so that the float32 temporaries stay small (the formula is element-wise)."""
+        rows so that the float32 temporaries stay small (the formula is element-wise). Raises
+        :class:`NonFiniteError` (naming the input file and tensor, or the overflow) unless it is finite."""
+        merged = self._compute(component, key)
+        if not is_finite(merged):
+            raise self.non_finite(component, key, merged.dtype)
+        return merged
+
+    def non_finite(self, component: str, key: str, dtype: torch.dtype) -> NonFiniteError:
+        """The error for a merged weight that is not finite in ``dtype``: the first input holding NaN / inf,
+        else the overflow of finite inputs (huge α, β or LoRA strengths, or values beyond ``dtype``'s range)."""
+        for model, role in ((self.inpaint, "inpainting model"), (self.base, "SD-1.5 base model"),
+                            (self.personal, "personalized model")):
+            tensor = self._read(model, component, key)
+            if tensor is not None and not is_finite(tensor):
+                return NonFiniteError(f"{role} {model.describe(component, key)} holds NaN or infinite values; "
+                                      "nothing was merged")
+        name = str(dtype).replace("torch.", "")
+        return NonFiniteError(
+            f"the merged weight {component}:{key} is not finite in {name} although every input is: alpha="
+            f"{self.alpha:g}, beta={self.betas[component]:g} or a LoRA strength / alpha is too large "
+            f"(or the result exceeds the range of {name}); nothing was merged")
+
+    def _compute(self, component: str, key: str) -> torch.Tensor:
         inp = self.inpaint.get(component).get(key)
         out_dtype = self.out_dtype(component, key)
         tau_shape = self._tau_shapes.get((component, key))

@@ -113,6 +113,13 @@ class ModelSource:
     def get(self, component: str) -> Optional[ComponentSource]:
         return self.components.get(component)
 
+    def describe(self, component: str, key: str) -> str:
+        """Where one tensor comes from, for messages: the file (or folder) and the tensor's name in it."""
+        if self.stream is not None:
+            folder = f" ({component})" if Path(self.name).is_dir() else ""
+            return f"{self.name}{folder} tensor {self.stream.source_key(component, key)}"
+        return f"{self.name} tensor {component}:{key}"
+
     def close(self) -> None:
         if self.stream is not None:
             self.stream.close()
