@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="same",
                         help="output precision (default: same as the inpainting model); math is always fp32")
     parser.add_argument("--out", required=True, metavar="OUT.safetensors", help="output file (.safetensors)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never one of the input files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -9,6 +9,7 @@ largest tensor, the 49408×768 token embedding), independent of the model size.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -16,6 +17,7 @@ import torch
 
 from ..checkpoints import ldm_keys
 from ..hooks import CancelCheck, StepCallback, check_cancelled, report
+from .loras import lora_file
 from .plan import MergePlan, MergeRecipe
 from .report import MergeReport
 from .safetensors_stream import SafetensorsStreamWriter
@@ -33,6 +35,30 @@ def _recipe_metadata(recipe: MergeRecipe, plan: MergePlan) -> dict:
     }
 
 
+def _input_files(recipe: MergeRecipe):
+    """``(role, path)`` of every file a merge reads (the files inside diffusers folders included)."""
+    models = (("inpainting model", recipe.inpaint), ("SD-1.5 base model", recipe.base), ("personalized model", recipe.personal))
+    for role, source in models:
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            for found in (sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]):
+                yield role, found
+    for spec in recipe.lora_specs():
+        if isinstance(spec.source, (str, os.PathLike)) and Path(spec.source).exists():
+            yield f"LoRA {spec.label()}", lora_file(spec.source)
+
+
+def refuse_input_as_output(recipe: MergeRecipe, path) -> None:
+    """ValueError when ``path`` already exists as one of the merge's input files (it would be replaced)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for role, found in _input_files(recipe):
+        if found.exists() and os.path.samefile(found, path):
+            raise ValueError(f"the output {path} is the {role} ({found}); writing the merge there would replace "
+                             "an input. Choose another output file")
+
+
 def save_merged(recipe: MergeRecipe, path, *, dtype: Optional[torch.dtype] = None,
                 metadata: Optional[Mapping[str, str]] = None, device: Union[str, torch.device] = "cpu",
                 callback: Optional[StepCallback] = None, cancel: Optional[CancelCheck] = None) -> MergeReport:
@@ -41,9 +67,10 @@ def save_merged(recipe: MergeRecipe, path, *, dtype: Optional[torch.dtype] = Non
     ``dtype``: floating-point dtype of the output (default: each weight's dtype in the inpainting
     model). ``metadata`` is added to the file's ``__metadata__`` (the merge recipe is always recorded
     under ``cococo.merge``); ``device`` is where the float32 arithmetic runs. A cancelled or failed
-    merge leaves no file behind.
+    merge leaves no file behind, and an output that is one of the input files is refused.
     """
     path = Path(path)
+    refuse_input_as_output(recipe, path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: the merged checkpoint is written as .safetensors; give a path ending in .safetensors")
     if not path.parent.is_dir():
