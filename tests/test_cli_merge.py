@@ -64,3 +64,16 @@ def test_user_errors_are_one_line_with_exit_code_2(files, tmp_path, capsys):
     assert main(base + ["--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep"
     assert main(base + ["--out", str(tmp_path / "x.ckpt")]) == 2
+
+
+def test_four_channel_inpaint_and_output_equal_to_an_input_are_refused(files, tmp_path, capsys):
+    out = tmp_path / "merged.safetensors"
+    code = main(["merge", "--base", str(files["base"]), "--inpaint", str(files["personal"]), "--quiet", "--out", str(out)])
+    assert code == 2 and "4 input channels" in capsys.readouterr().err and not out.exists()
+    for target in ("inpaint", "personal", "lora"):
+        before = files[target].read_bytes()
+        code = main(["merge", "--base", str(files["base"]), "--inpaint", str(files["inpaint"]), "--personal",
+                     str(files["personal"]), "--lora", f"{files['lora']}:0.5", "--quiet", "--overwrite",
+                     "--out", str(files[target])])
+        assert code == 2 and "would replace an input" in capsys.readouterr().err
+        assert files[target].read_bytes() == before
