@@ -7,6 +7,7 @@ and merged by PEFT (``merge_and_unload`` / ``LoraLayer.merge``). The task-vector
 β = 1 must add exactly PEFT's W_merged − W_SD1.5 to the inpainting weights.
 """
 import copy
+import json
 import shutil
 
 import pytest
@@ -182,8 +183,6 @@ def test_diffusers_metadata_with_one_alpha_per_component(models, sd15_modules, t
                              target_modules=["q_proj", "v_proj", "fc1"])
     path, wanted = _diffusers_file(tmp_path, sd15_modules, unet_config, text_config, diffusers_names)
     with safe_open(str(path), "pt") as handle:
-        import json
-
         metadata = json.loads(handle.metadata()["lora_adapter_metadata"])
     assert metadata["unet.lora_alpha"] == 16 and metadata["text_encoder.lora_alpha"] == 1
     for component in ("unet", "text_encoder"):
