@@ -106,6 +106,12 @@ def test_save_pretrained_alpha_is_read_from_adapter_config(models, sd15_modules,
     torch.testing.assert_close(found[TO_Q], 2 * wanted[TO_Q], rtol=1e-4, atol=2e-5)  # scale 1 instead of 2/4
     assert any("no alpha" in note and "adapter_config.json" in note for note in report.notes)
 
+    config_of = json.loads((folder / "adapter_config.json").read_text())
+    for change, message in (({"r": 8}, "rank 4 but .*r = 8"), ({"peft_type": "LOHA"}, "PEFT LOHA adapter")):
+        (alone.parent / "adapter_config.json").write_text(json.dumps({**config_of, **change}))
+        with pytest.raises(ValueError, match=message):  # a config that cannot belong to these weights
+            our_deltas(models, alone, [TO_Q])
+
 
 def test_rslora_alpha_pattern_and_rank_pattern(models, sd15_modules, tmp_path):
     config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, init_lora_weights=False,
