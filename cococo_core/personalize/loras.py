@@ -1,13 +1,15 @@
 """Several LoRA-family files, each with its own strength, resolved against one SD-1.x model.
 
 The summed delta for a weight is Σ_j s_j · Δ_j (checkpoint-formats.md §2.4), computed in float32
-when the merge reaches that weight. Alphas come from ``.alpha`` tensors or from the file's PEFT
-configs (:mod:`.peft_config`: ``lora_adapter_metadata``, an ``adapter_config.json`` beside
-``adapter_model.safetensors``, a ``lora_alpha`` metadata string). Everything that can be checked
-without the model's weights is checked when the stack is built: finite strengths, floating-point
-and finite factors, shapes (DoRA magnitudes included) and ranks against the config. DoRA modules contribute s_j · (W' − W) with W the weight the
+when the merge reaches that weight. DoRA modules contribute s_j · (W' − W) with W the weight the
 LoRA was trained against (the personalized model's weight when one is merged, else SD-1.5's);
 every other kind is additive, so the order of the files does not matter.
+
+Alphas come from ``.alpha`` tensors or from the file's PEFT configs (:mod:`.peft_config`:
+``lora_adapter_metadata``, an ``adapter_config.json`` beside ``adapter_model.safetensors``, a
+``lora_alpha`` metadata string). Everything that can be checked without the model's weights is
+checked when the stack is built: finite strengths, floating-point and finite factors, shapes (DoRA
+magnitudes included) and ranks against the config; each delta is checked for NaN / inf when computed.
 """
 from __future__ import annotations
 
