@@ -194,3 +194,15 @@ def test_chat_refuses_to_run_after_unload():
         unloaded.ask(unloaded.start(np.zeros((8, 8, 3), np.uint8)), "hi")
     with pytest.raises(ValueError, match="bitsandbytes"):
         LGVIChat.load(tiny.llava_hf_folder(), folder / "llava" / "llava_weights.pth", quantization="4bit", device="cpu")
+
+
+def test_generation_uses_the_cache_api_without_future_warnings(chat):
+    """transformers 5.24 deprecates LlamaModel's ``past_key_values`` (removed in 5.40) with a FutureWarning;
+    the project's pytest settings hide FutureWarning, so it is caught here explicitly."""
+    import warnings
+
+    session = chat.start(np.random.default_rng(0).random((48, 64, 3)).astype(np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chat.ask(session, "remove the dog", seed=0, max_new_tokens=3)
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], [str(w.message) for w in caught]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import logging
 import os
 
@@ -159,8 +160,8 @@ class LGVIChat:
         language_model, lm_head = _llava_parts(self.model)
         eos = self.tokenizer.eos_token_id
         generator = torch.Generator("cpu").manual_seed(int(seed))
-        cache = DynamicCache()
-        hidden = language_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
+        cache = {_cache_keyword(language_model): DynamicCache()}
+        hidden = language_model(inputs_embeds=embeds, use_cache=True, **cache).last_hidden_state[:, -1:]
         tokens, states = [], []
         for step in range(max_new_tokens):
             check_cancelled(cancel)
@@ -171,7 +172,7 @@ class LGVIChat:
             if token == eos:
                 break
             step_embeds = self.model.get_input_embeddings()(torch.tensor([[token]], device=embeds.device))
-            hidden = language_model(inputs_embeds=step_embeds, past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = language_model(inputs_embeds=step_embeds, use_cache=True, **cache).last_hidden_state
         return tokens, states
 
     def _next_token(self, logits: torch.Tensor, generator, temperature: float, top_k: int) -> int:
@@ -185,6 +186,13 @@ class LGVIChat:
             threshold = torch.topk(logits, top_k).values[-1]
             logits = logits.masked_fill(logits < threshold, float("-inf"))
         return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+def _cache_keyword(language_model) -> str:
+    """The decoder's KV-cache argument: ``cache`` (transformers >= 5.24; ``past_key_values`` is deprecated there
+    and removed in 5.40) or ``past_key_values`` (earlier releases)."""
+    parameters = inspect.signature(language_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _llava_parts(model):

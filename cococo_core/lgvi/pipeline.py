@@ -5,16 +5,20 @@
 3. Per step of the checkpoint's scheduler (50 steps): eps_T, eps_I, eps_U as three sequential
    batch-1 passes, combined by :func:`~.guidance.combine_guidance` (3.0 / 1.5); the unconditional
    video latent is zeros. Videos longer than ``window_length`` frames are predicted in overlapping
-   temporal windows (:mod:`cococo_core.windows`); one window is exactly the plain path.
+   temporal windows (:mod:`cococo_core.windows`); one window is exactly the plain path. The U-Net's
+   frame-pooled GroupNorm statistics (and temporal attention) then cover one window's frames.
 4. The mask decoder runs once, in the text-conditioned pass of the last step.
 5. Chunked VAE decode.
 
 Conditioning: referring LGVI encodes the expression with the checkpoint's CLIP text encoder and
 uses CLIP("") as the negative; LGVI-I passes the MLLM context and zeros of the same shape.
+Official ``RoviPipeline.__call__`` arguments: batched prompts, ``num_videos_per_prompt``, a text
+``negative_prompt``, starting ``latents`` and DDIM's ``eta``.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import logging
 import os
@@ -76,7 +80,7 @@ class LGVIPipeline:
         moves = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
         for module in (self.unet, self.vae, self.text_encoder):
             if module is not None:
-                module.to(**moves)
+                _move(module, **moves)
         return self
 
     @property
@@ -96,7 +100,8 @@ class LGVIPipeline:
             raise FileNotFoundError(f"LGVI checkpoint folder not found: {path}")
         device, dtype = default_device_dtype(device, dtype)
         unet = load_lgvi_unet(path, device=device, dtype=dtype, strict=strict)
-        vae = AutoencoderKL.from_pretrained(_subfolder(path, "vae")).to(device=device, dtype=dtype).eval()
+        vae = AutoencoderKL.from_pretrained(_subfolder(path, "vae"), low_cpu_mem_usage=_accelerate_available())
+        vae = _move(vae, device=device, dtype=dtype).eval()
         encoder = tokenizer = None
         if text_encoder:
             from transformers import CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
@@ -278,6 +283,22 @@ def _negative_prompts(text, negative_prompt, count: int) -> list[str]:
     if len(negative_prompt) != count:
         raise ValueError(f"{len(negative_prompt)} negative prompts for {count} prompts; give one per prompt")
     return list(negative_prompt)
+
+
+def _accelerate_available() -> bool:
+    """diffusers' fast loading needs accelerate; asking for it without accelerate only prints a warning."""
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def _move(module, **moves):
+    """``module.to(**moves)``. A diffusers model that keeps no module in float32 (the VAE) is cast by
+    ``nn.Module.to``: diffusers' own ``to`` warns about float32 modules whenever a dtype is given, even when
+    there are none, so the result is the same without the warning."""
+    from diffusers import ModelMixin  # noqa: PLC0415
+
+    if "dtype" in moves and isinstance(module, ModelMixin) and not getattr(module, "_keep_in_fp32_modules", None):
+        return torch.nn.Module.to(module, **moves)
+    return module.to(**moves)
 
 
 def _subfolder(path: str, name: str) -> str:
