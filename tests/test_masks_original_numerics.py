@@ -92,3 +92,53 @@ def test_detector_installs_the_original_refinement(tmp_path, bert):
     for path in (hf_folder, original):
         detector = load_detector(path, bert=bert)
         assert getattr(detector.model, "_cococo_original_box_refinement", None) is not None
+
+
+# -- Segment Anything: the two-way transformer's LayerNorms ----------------------------------------------------
+
+def _sam_attention(p, q, k, v, heads):
+    """segment_anything/modeling/transformer.py ``Attention``: project, split heads, softmax(q k^T / sqrt(c)), out."""
+    q, k, v = F.linear(q, p.q_proj.weight, p.q_proj.bias), F.linear(k, p.k_proj.weight, p.k_proj.bias), F.linear(v, p.v_proj.weight, p.v_proj.bias)
+    split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads).transpose(1, 2)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5), dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(q.shape[0], -1, q.shape[1] * q.shape[-1])
+    return F.linear(out, p.out_proj.weight, p.out_proj.bias)
+
+
+def _two_way_block(block, queries, keys, query_pe, key_pe, heads, eps=1e-5):
+    """segment_anything ``TwoWayAttentionBlock.forward`` (skip_first_layer_pe=False), its norms nn.LayerNorm(eps)."""
+    norm = lambda x, n: F.layer_norm(x, x.shape[-1:], n.weight, n.bias, eps)  # noqa: E731
+    q = queries + query_pe
+    queries = norm(queries + _sam_attention(block.self_attn, q, q, queries, heads), block.layer_norm1)
+    q, k = queries + query_pe, keys + key_pe
+    queries = norm(queries + _sam_attention(block.cross_attn_token_to_image, q, k, keys, heads), block.layer_norm2)
+    mlp = F.linear(torch.relu(F.linear(queries, block.mlp.lin1.weight, block.mlp.lin1.bias)), block.mlp.lin2.weight, block.mlp.lin2.bias)
+    queries = norm(queries + mlp, block.layer_norm3)
+    q, k = queries + query_pe, keys + key_pe
+    keys = norm(keys + _sam_attention(block.cross_attn_image_to_token, k, q, queries, heads), block.layer_norm4)
+    return queries, keys
+
+
+def test_sam_two_way_layer_norms_use_the_original_eps():
+    from test_masks_tiny import shared_files
+    from cococo_core.masks.loading import load_segmenter
+
+    _, original, _ = shared_files("sam")
+    model = load_segmenter(original, dtype=torch.float64).model
+    assert model.config.mask_decoder_config.layer_norm_eps == 1e-5
+    block = model.mask_decoder.transformer.layers[1]  # the second block adds the positional encodings everywhere
+    assert not block.skip_first_layer_pe
+    assert [getattr(block, f"layer_norm{i}").eps for i in range(1, 5)] == [1e-5] * 4
+    generator = torch.Generator().manual_seed(0)
+    # small activations (variance ~1e-6): where eps 1e-5 and 1e-6 differ most
+    queries, keys = (1e-3 * torch.randn(1, n, 32, generator=generator, dtype=torch.float64) for n in (5, 16))
+    query_pe, keys_pe = (1e-3 * torch.randn(1, n, 32, generator=generator, dtype=torch.float64) for n in (5, 16))
+    heads = model.config.mask_decoder_config.num_attention_heads
+    with torch.no_grad():
+        got = block(queries[:, None], keys[:, None], query_pe[:, None], keys_pe[:, None], None)
+        expected = _two_way_block(block, queries, keys, query_pe, keys_pe, heads)
+        transformers_default = _two_way_block(block, queries, keys, query_pe, keys_pe, heads, eps=1e-6)
+    torch.testing.assert_close(got[0][:, 0], expected[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got[1][:, 0], expected[1], rtol=1e-9, atol=1e-12)
+    assert (transformers_default[0] - expected[0]).abs().max() > 1e-5  # vs a 1e-12 match: eps 1e-6 would fail
