@@ -42,6 +42,12 @@ def test_original_grounding_dino_matches_transformers_layout(dino_files):
 def test_original_sam_matches_transformers_layout(sam_files):
     hf_folder, original, model = sam_files
     direct, converted = load_segmenter(hf_folder), load_segmenter(original)
+    # the one intended difference: segment-anything's two-way LayerNorm eps (1e-5; transformers' default 1e-6)
+    assert direct.model.config.mask_decoder_config.layer_norm_eps == 1e-6
+    assert converted.model.config.mask_decoder_config.layer_norm_eps == 1e-5
+    for layer in direct.model.mask_decoder.transformer.layers:
+        for norm in (layer.layer_norm1, layer.layer_norm2, layer.layer_norm3, layer.layer_norm4):
+            norm.eps = 1e-5
     pixels = torch.randn(1, 3, 128, 128)
     boxes = torch.tensor([[[10.0, 20.0, 60.0, 90.0], [30.0, 30.0, 100.0, 120.0]]])
     with torch.no_grad():

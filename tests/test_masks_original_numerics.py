@@ -142,3 +142,64 @@ def test_sam_two_way_layer_norms_use_the_original_eps():
     torch.testing.assert_close(got[0][:, 0], expected[0], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got[1][:, 0], expected[1], rtol=1e-9, atol=1e-12)
     assert (transformers_default[0] - expected[0]).abs().max() > 1e-5  # vs a 1e-12 match: eps 1e-6 would fail
+
+
+# -- Pre-processing: the originals resize the uint8 image with PIL -----------------------------------------------
+
+def _photo_like_frame(height=300, width=452, seed=0) -> np.ndarray:
+    """A uint8 RGB frame with smooth gradients, hard edges and fine texture (what resizing filters disagree on)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack([128 + 100 * np.sin(x / 37.0), 90 + 80 * np.cos(y / 23.0), 60 + 0.4 * (x + y) % 120], -1)
+    base[(x - 200) ** 2 + (y - 140) ** 2 < 70 ** 2] = (250, 30, 10)  # a disc with a sharp border
+    base[::7] = 255 - base[::7]  # stripes: high frequencies
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).round().astype(np.uint8)
+
+
+def _pil_bilinear(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame, "RGB").resize((width, height), Image.BILINEAR))
+
+
+def test_grounding_dino_preprocessing_is_pil_bilinear_on_uint8():
+    """load_image: T.RandomResize([800], max_size=1333) (PIL bilinear) -> ToTensor (/255) -> Normalize."""
+    frame = _photo_like_frame()
+    size = dino.detection_size(*frame.shape[:2], SimpleConfig(), 800, 1333)
+    assert size == (800, 1205)  # get_size_with_aspect_ratio: short side 800, long int(800 * 452 / 300)
+    resized = torch.from_numpy(_pil_bilinear(frame, *size).copy()).permute(2, 0, 1).float().div(255)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    expected = (resized - mean) / std
+    as_float = torch.from_numpy(frame).float()[None] / 255  # a ComfyUI IMAGE holding the same frame
+    torch.testing.assert_close(dino.preprocess(as_float, size)[0], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(dino.preprocess(torch.from_numpy(frame)[None], size)[0], expected, rtol=0, atol=1e-6)
+    old = dino.preprocess(as_float, size, "torch")[0]
+    assert ((old - expected) * std).abs().max() * 255 > 0.5  # the float resize is off by whole uint8 levels
+
+
+def test_sam_preprocessing_is_resize_longest_side_with_pil_on_uint8():
+    """SamPredictor.set_image: ResizeLongestSide.apply_image (PIL bilinear) -> (x - pixel_mean) / pixel_std -> pad."""
+    from cococo_core.masks import segment
+
+    frame = _photo_like_frame()
+    pixels, size = segment.preprocess(torch.from_numpy(frame).float()[None] / 255, 1024)
+    new_h = int(300 * 1024 / 452 + 0.5)  # get_preprocess_shape
+    assert size == (new_h, 1024)
+    resized = torch.from_numpy(_pil_bilinear(frame, new_h, 1024).copy()).permute(2, 0, 1).float()
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    expected = F.pad((resized - mean) / std, (0, 0, 0, 1024 - new_h))
+    torch.testing.assert_close(pixels[0], expected, rtol=0, atol=1e-6)
+    old, _ = segment.preprocess(torch.from_numpy(frame).float()[None] / 255, 1024, "torch")
+    assert ((old[0] - expected)[:, :new_h] * std).abs().max() > 0.5
+
+
+class SimpleConfig:
+    """The parts of a GroundingDINO config that ``detection_size`` reads (Swin-T: patch 4, stages 1-3, 4 levels)."""
+
+    num_queries = 900
+    num_feature_levels = 4
+
+    class backbone_config:  # noqa: N801 - mirrors the transformers attribute name
+        patch_size = 4
+        out_indices = [2, 3, 4]

@@ -4,6 +4,7 @@ Follows the original ``groundingdino.util.inference`` path:
 
 * caption: lower case, phrases separated and ended by " ." (``"Cat. the dog"`` -> ``"cat . the dog ."``);
 * image: resized so the short side is 800 and the long side at most 1333 (``T.RandomResize([800], max_size=1333)``),
+  with PIL bilinear on the uint8 image as the original does (or by torch on float frames, on request),
   ImageNet mean/std normalisation; no padding (all frames of a clip share one size, so they batch as is);
 * a query is kept when ``max_token sigmoid(logit) > box_threshold`` (0.35); its label is the text of the tokens
   whose probability is ``> text_threshold`` (0.25), as ``get_phrases_from_posmap`` does; boxes are (cx, cy, w, h)
@@ -124,11 +125,26 @@ def detection_size(height: int, width: int, config, short: int = 800, max_long: 
         target = int(target * 1.1) + 1
 
 
-def preprocess(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W, 3) floats in [0, 1] -> (B, 3, h, w) ImageNet-normalised pixels."""
-    x = frames.permute(0, 3, 1, 2).float()
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+PREPROCESSING = ("original", "torch")
+
+
+def preprocess(frames: torch.Tensor, size: tuple[int, int], method: str = "original") -> torch.Tensor:
+    """(B, H, W, 3) frames (float in [0, 1] or uint8) -> (B, 3, h, w) ImageNet-normalised pixels.
+
+    ``method="original"``: GroundingDINO's own (PIL bilinear on the uint8 image, then ``ToTensor`` / 255;
+    :mod:`.pil_resize`); ``"torch"``: float frames resized by torch (bilinear, antialiased) on their device."""
+    if method == "original":
+        from .pil_resize import resize_uint8
+
+        x = resize_uint8(frames, size).to(frames.device).permute(0, 3, 1, 2).float() / 255
+    elif method == "torch":
+        x = frames.permute(0, 3, 1, 2).float()
+        if frames.dtype == torch.uint8:
+            x = x / 255
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    else:
+        raise ValueError(f"pre-processing must be one of {PREPROCESSING}, got {method!r}")
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
