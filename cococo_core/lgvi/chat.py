@@ -145,13 +145,7 @@ class LGVIChat:
         vision_config = self.model.config.vision_config
         pixels = clip_image_tensor(image, vision_config.image_size)
         dtype = self.model.get_input_embeddings().weight.dtype
-        out = self.model.get_image_features(
-            pixel_values=pixels.to(self.model.device, dtype),
-            vision_feature_layer=self.model.config.vision_feature_layer,
-            vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
-        )
-        features = getattr(out, "pooler_output", out)  # transformers 5 output object / 4.x tensor
-        features = features[0] if isinstance(features, (list, tuple)) else features
+        features = llava_image_features(self.model, pixels.to(self.model.device, dtype))
         return features.reshape(1, -1, features.shape[-1]).to(dtype)
 
     def _sample(self, embeds, seed, temperature, top_k, max_new_tokens, callback, cancel):
@@ -186,6 +180,21 @@ class LGVIChat:
             threshold = torch.topk(logits, top_k).values[-1]
             logits = logits.masked_fill(logits < threshold, float("-inf"))
         return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+def llava_image_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Projected patch features of the vision tower (LLaVA-1.5: hidden state ``vision_feature_layer``, CLS dropped
+    for the ``default`` strategy, then the projector). ``get_image_features`` where transformers has it (>= 4.47)."""
+    config = model.config
+    if hasattr(model, "get_image_features"):
+        out = model.get_image_features(pixel_values=pixels, vision_feature_layer=config.vision_feature_layer,
+                                       vision_feature_select_strategy=config.vision_feature_select_strategy)
+        features = getattr(out, "pooler_output", out)  # transformers 5 output object / 4.x tensor
+        return features[0] if isinstance(features, (list, tuple)) else features
+    hidden = model.vision_tower(pixels, output_hidden_states=True).hidden_states[config.vision_feature_layer]
+    if config.vision_feature_select_strategy == "default":
+        hidden = hidden[:, 1:]
+    return model.multi_modal_projector(hidden)
 
 
 def _cache_keyword(language_model) -> str:

@@ -185,11 +185,27 @@ def text_encoded_once(model):
         base.text_backbone = inner
 
 
+# transformers 4.x hard-codes bert-base-uncased's [CLS] [SEP] . ? ids (``modeling_grounding_dino.SPECIAL_TOKENS``)
+BERT_BASE_UNCASED_SPECIAL_IDS = [101, 102, 1012, 1029]
+
+
 def set_special_tokens(model, tokenizer) -> None:
-    """Point the model's phrase-delimiter ids at this tokenizer's (transformers hard-codes bert-base-uncased ids)."""
-    buffer = model.model.special_tokens
-    ids = torch.tensor(special_token_ids(tokenizer), dtype=buffer.dtype, device=buffer.device)
-    model.model.special_tokens = ids
+    """Point the model's phrase-delimiter ids at this tokenizer's. transformers 5 keeps them in a buffer
+    (bert-base-uncased's ids by default); transformers 4.x hard-codes bert-base-uncased's ids, so there the
+    tokenizer must use them (every released GroundingDINO uses bert-base-uncased)."""
+    ids = special_token_ids(tokenizer)
+    buffer = getattr(model.model, "special_tokens", None)
+    if buffer is None:
+        if ids != BERT_BASE_UNCASED_SPECIAL_IDS:
+            import transformers
+
+            raise ValueError(
+                f"this tokenizer's [CLS] [SEP] . ? ids are {ids}; transformers {transformers.__version__} hard-codes "
+                f"bert-base-uncased's {BERT_BASE_UNCASED_SPECIAL_IDS}. Use the bert-base-uncased tokenizer or "
+                "transformers >= 5"
+            )
+        return
+    model.model.special_tokens = torch.tensor(ids, dtype=buffer.dtype, device=buffer.device)
 
 
 def _label(prompt: TextPrompt, probs: torch.Tensor, tokenizer, text_threshold: float) -> str:
