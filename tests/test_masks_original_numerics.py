@@ -203,3 +203,107 @@ class SimpleConfig:
     class backbone_config:  # noqa: N801 - mirrors the transformers attribute name
         patch_size = 4
         out_indices = [2, 3, 4]
+
+
+# -- The original-layout GroundingDINO conversion, stage by stage ----------------------------------------------
+
+def _swin_relative_position_index(window: int) -> torch.Tensor:
+    """swin_transformer.py WindowAttention: index into the (2W-1)^2 bias table for every token pair of a window."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    relative[:, :, 0] += window - 1
+    relative[:, :, 1] += window - 1
+    relative[:, :, 0] *= 2 * window - 1
+    return relative.sum(-1)
+
+
+def _swin_block(o, prefix, x, height, width, heads, window):
+    """swin_transformer.py SwinTransformerBlock (no shift, H and W multiples of the window), on (B, H*W, C)."""
+    batch, _, channels = x.shape
+    ln = lambda t, name: F.layer_norm(t, (channels,), o[f"{prefix}.{name}.weight"], o[f"{prefix}.{name}.bias"])  # noqa: E731
+    h = ln(x, "norm1").view(batch, height // window, window, width // window, window, channels)
+    windows = h.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
+    qkv = F.linear(windows, o[f"{prefix}.attn.qkv.weight"], o[f"{prefix}.attn.qkv.bias"])
+    q, k, v = qkv.reshape(windows.shape[0], -1, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
+    table = o[f"{prefix}.attn.relative_position_bias_table"]
+    bias = table[_swin_relative_position_index(window).view(-1)].view(window * window, window * window, -1).permute(2, 0, 1)
+    attn = torch.softmax((q * (channels // heads) ** -0.5) @ k.transpose(-2, -1) + bias, dim=-1)
+    out = F.linear((attn @ v).transpose(1, 2).reshape(windows.shape), o[f"{prefix}.attn.proj.weight"], o[f"{prefix}.attn.proj.bias"])
+    out = out.view(batch, height // window, width // window, window, window, channels).permute(0, 1, 3, 2, 4, 5)
+    x = x + out.reshape(batch, height * width, channels)
+    mlp = F.linear(F.gelu(F.linear(ln(x, "norm2"), o[f"{prefix}.mlp.fc1.weight"], o[f"{prefix}.mlp.fc1.bias"])),
+                   o[f"{prefix}.mlp.fc2.weight"], o[f"{prefix}.mlp.fc2.bias"])
+    return x + mlp
+
+
+def _capture(module, store, name):
+    def hook(mod, args, kwargs, out):
+        store[name] = (args, kwargs, out[0] if isinstance(out, tuple) else out)
+    return module.register_forward_hook(hook, with_kwargs=True)
+
+
+def _module(model, *names):
+    modules = dict(model.named_modules())
+    return next(modules[n] for n in names if n in modules)
+
+
+def test_original_grounding_dino_conversion_matches_the_original_formulas_stage_by_stage(tmp_path, bert):
+    """A tiny Swin-T-style GroundingDINO written in the original layout (``module.backbone.0.*``, ``bert.*``,
+    ``feat_map``, ``input_proj``, ``transformer.*``) is converted and run; every stage below is recomputed from the
+    ORIGINAL tensors with the original modules' formulas (float64)."""
+    from transformers import BertConfig, BertModel
+
+    from cococo_core.masks.loading import load_detector, read_checkpoint
+    from test_masks_tiny import write_dino_both
+
+    _, original_file, _ = write_dino_both(tmp_path)
+    detector = load_detector(original_file, bert=bert, dtype=torch.float64)
+    model = detector.model
+    o = {k: v.double() if v.is_floating_point() else v for k, v in read_checkpoint(original_file).items()}
+    assert "backbone.0.layers.0.blocks.0.attn.qkv.weight" in o and "transformer.tgt_embed.weight" in o
+
+    swin = "model.backbone.conv_encoder.model."
+    store = {}
+    hooks = [
+        _capture(_module(model, swin + "swin.embeddings", swin + "embeddings"), store, "embeddings"),
+        _capture(_module(model, swin + "swin.encoder.layers.0.blocks.0", swin + "encoder.layers.0.blocks.0"), store, "block"),
+        _capture(_module(model, swin + "hidden_states_norms.stage2"), store, "stage2"),
+        _capture(model.model.text_backbone, store, "bert"),
+        _capture(model.model.text_projection, store, "feat_map"),
+        _capture(model.model.input_proj_vision[0], store, "input_proj"),
+    ]
+    prompt = dino.encode_prompt(detector.tokenizer, "the cat . dog")
+    pixels = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        model(pixel_values=pixels, input_ids=prompt.input_ids, attention_mask=prompt.attention_mask,
+              token_type_ids=prompt.token_type_ids)
+    for hook in hooks:
+        hook.remove()
+
+    with torch.no_grad():
+        # PatchEmbed: 4x4 stride-4 conv, flatten, LayerNorm
+        patches = F.conv2d(pixels, o["backbone.0.patch_embed.proj.weight"], o["backbone.0.patch_embed.proj.bias"], stride=4)
+        tokens = F.layer_norm(patches.flatten(2).transpose(1, 2), (16,), o["backbone.0.patch_embed.norm.weight"], o["backbone.0.patch_embed.norm.bias"])
+        torch.testing.assert_close(store["embeddings"][2], tokens, rtol=1e-10, atol=1e-10)
+        # first Swin block: LN, window attention with the fused qkv and the relative position bias, MLP
+        block_in = store["block"][0][0]
+        expected = _swin_block(o, "backbone.0.layers.0.blocks.0", block_in, 28, 28, heads=1, window=7)
+        torch.testing.assert_close(store["block"][2], expected, rtol=1e-10, atol=1e-10)
+        # backbone.0.norm1 normalises the output of stage 2 (out_indices 1..3 -> norm1..3)
+        stage_in = store["stage2"][0][0]
+        torch.testing.assert_close(store["stage2"][2], F.layer_norm(stage_in, stage_in.shape[-1:], o["backbone.0.norm1.weight"],
+                                                                    o["backbone.0.norm1.bias"]), rtol=1e-10, atol=1e-10)
+        # BERT: a transformers BertModel holding the original bert.* tensors, on the same inputs
+        peer = BertModel(BertConfig.from_json_file(str(bert / "config.json")), add_pooling_layer=False).double().eval()
+        peer.load_state_dict({k[len("bert."):]: v for k, v in o.items() if k.startswith("bert.") and ".pooler." not in k},
+                             strict=False)
+        args, kwargs, text = store["bert"]
+        reference = peer(*args, **{k: v for k, v in kwargs.items() if k != "return_dict"}).last_hidden_state
+        torch.testing.assert_close(text if torch.is_tensor(text) else text.last_hidden_state, reference, rtol=1e-10, atol=1e-10)
+        # feat_map: Linear(768 -> d_model)
+        args, kwargs, projected = store["feat_map"]
+        torch.testing.assert_close(projected, F.linear(args[0], o["feat_map.weight"], o["feat_map.bias"]), rtol=1e-10, atol=1e-10)
+        # input_proj.0: 1x1 conv + GroupNorm(32)
+        args, kwargs, level0 = store["input_proj"]
+        conv = F.conv2d(args[0], o["input_proj.0.0.weight"], o["input_proj.0.0.bias"])
+        torch.testing.assert_close(level0, F.group_norm(conv, 32, o["input_proj.0.1.weight"], o["input_proj.0.1.bias"]), rtol=1e-10, atol=1e-10)
