@@ -307,3 +307,21 @@ def test_original_grounding_dino_conversion_matches_the_original_formulas_stage_
         args, kwargs, level0 = store["input_proj"]
         conv = F.conv2d(args[0], o["input_proj.0.0.weight"], o["input_proj.0.0.bias"])
         torch.testing.assert_close(level0, F.group_norm(conv, 32, o["input_proj.0.1.weight"], o["input_proj.0.1.bias"]), rtol=1e-10, atol=1e-10)
+
+
+def test_preprocessing_equals_the_transformers_pil_image_processors():
+    """The Hugging Face folders' own processors, PIL backend (transformers 5: ``*ImageProcessorPil``; 4.x: the
+    default ``*ImageProcessor``), give the same pixels: the original pre-processing suits both layouts."""
+    import transformers
+
+    grounding = getattr(transformers, "GroundingDinoImageProcessorPil", None) or transformers.GroundingDinoImageProcessor
+    sam = getattr(transformers, "SamImageProcessorPil", None) or transformers.SamImageProcessor
+    from cococo_core.masks import segment
+
+    frame = _photo_like_frame()
+    theirs = grounding()(frame, return_tensors="pt")["pixel_values"][0]
+    ours = dino.preprocess(torch.from_numpy(frame)[None], tuple(theirs.shape[-2:]))[0]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    theirs = sam()(frame, return_tensors="pt")["pixel_values"][0]
+    ours, _ = segment.preprocess(torch.from_numpy(frame)[None], 1024)
+    torch.testing.assert_close(ours[0], theirs, rtol=0, atol=1e-5)
