@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--detection-size", type=int, default=defaults.detection_short_side, metavar="PIXELS",
                        help="short side of the frames given to GroundingDINO (default 800 as the original; smaller is "
                             "faster; frames too small for its 900 queries are enlarged)")
+    masks.add_argument("--preprocessing", choices=("original", "torch"), default=defaults.preprocessing,
+                       help="how frames are resized for the models: 'original' = PIL bilinear on the uint8 frame, as "
+                            "the original GroundingDINO and SAM (default); 'torch' = float resize on the device")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         box_threshold=args.box_threshold, text_threshold=args.text_threshold, detect_every=args.detect_every,
         max_boxes=args.max_boxes, box_mode=args.box_mode, fill_holes=args.fill_holes, grow=args.grow,
         temporal_smooth=args.temporal_smooth, feather=args.feather, chunk_size=args.chunk_size,
-        detection_short_side=args.detection_size,
+        detection_short_side=args.detection_size, preprocessing=args.preprocessing,
     )
     options.validate()
     if not args.box_mode and not args.segmenter:

@@ -72,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--image-guidance", type=float, default=1.5,
                           help="video guidance scale (default 1.5; guidance is off unless text > 1 and video >= 1)")
     sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sampling.add_argument("--negative-text", default=None,
+                          help='LGVI: text for the unconditional side of guidance (default "", as upstream)')
+    sampling.add_argument("--eta", type=float, default=0.0,
+                          help="DDIM eta, used when the checkpoint's scheduler is DDIM (default 0 = deterministic)")
     sampling.add_argument("--temperature", type=float, default=0.2, help="LGVI-I chat sampling temperature (default 0.2)")
     sampling.add_argument("--max-new-tokens", type=positive(int), default=1024,
                           help="LGVI-I: longest chat reply in tokens (default 1024)")
@@ -107,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"--model folder not found: {args.model}")
+    if args.negative_text is not None and args.chat:
+        raise ValueError("--negative-text is for LGVI's CLIP text; LGVI-I's negative is zeros, as upstream")
     if args.follow_up and not args.chat:
         raise ValueError("--follow-up needs the chat model (--chat); LGVI takes one referring expression")
     if not args.chat and os.path.isdir(os.path.join(args.model, "llava")):
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
         seed=args.seed, size=None if args.native_size else (args.width, args.height),
         resize_back=not args.keep_work_size, window_length=args.window, window_overlap=args.overlap,
-        vae_batch_size=args.vae_chunk,
+        vae_batch_size=args.vae_chunk, eta=args.eta,
     )
     logger.info("%d frames of %dx%d at %.3g fps on %s (%s)", frames.shape[0], frames.shape[2], frames.shape[1], fps,
                 device, str(dtype).removeprefix("torch."))
@@ -157,7 +163,7 @@ def _run_referring(args, frames, device, dtype, options, tqdm):
     logger.info("LGVI loaded in %.1f s", time.perf_counter() - started)
     bar, callback = _progress(tqdm, args.steps, "removing")
     with bar:
-        result = pipe(frames, args.text, callback=callback, **options)
+        result = pipe(frames, args.text, negative_prompt=args.negative_text, callback=callback, **options)
     return result.frames, result.mask
 
 

@@ -214,6 +214,7 @@ def _write_ffmpeg(path: Path, frames: np.ndarray, fps: float, crf: int | None) -
 
 
 def _as_uint8(frames) -> np.ndarray:
+    """(F, H, W, 3) uint8 array from uint8 frames or floats in [0, 1] (rounded, as an image file stores them)."""
     array = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
     if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] == 0:
         raise ValueError(f"frames must be a non-empty (frames, height, width, 3) array, got shape {array.shape}")
@@ -222,3 +223,6 @@ def _as_uint8(frames) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"frames must be uint8 or float in [0, 1], got {array.dtype}")
     return np.ascontiguousarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+
+
+as_uint8 = _as_uint8  # public name, for other modules

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import test_lgvi_tiny as tiny
-from cococo_core.lgvi.chat import LGVIChat
+from cococo_core.lgvi.chat import LGVIChat, _llava_parts
 from cococo_core.lgvi.clip_image import CLIP_MEAN, CLIP_STD, clip_image_tensor
 from cococo_core.lgvi.interactive import remove_with_chat
 from cococo_core.lgvi.llava_loading import apply_lgvi_weights, load_lgvi_mllm_weights, load_llava
@@ -115,7 +115,8 @@ def test_lgvi_weights_replace_embeddings_projector_and_build_the_head():
     assert vocab == tiny.LGVI_VOCAB
     assert torch.equal(embed[:vocab], weights["language_embedding.weight"].float())
     assert torch.equal(embed[vocab:], stock[vocab:])  # llava-hf's extra rows (<image>, <pad>) stay
-    assert torch.equal(model.model.multi_modal_projector.linear_2.bias, weights["vision_embedding.2.bias"].float())
+    projector = getattr(model, "model", model).multi_modal_projector  # transformers 5 / 4.x layout
+    assert torch.equal(projector.linear_2.bias, weights["vision_embedding.2.bias"].float())
     assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Linear", "Dropout"] and head[2].bias is None
     assert head[2].out_features == tiny.TINY_UNET["cross_attention_dim"]
     broken = {k: v for k, v in weights.items() if not k.startswith("transfer_layer")}
@@ -134,7 +135,7 @@ def test_chat_conditioning_is_the_transfer_head_of_last_layer_states(chat):
     generated = torch.tensor([turn.token_ids])
     full = torch.cat([embeds, chat.model.get_input_embeddings()(generated)], dim=1)
     with torch.no_grad():
-        hidden = chat.model.model.language_model(inputs_embeds=full).last_hidden_state
+        hidden = _llava_parts(chat.model)[0](inputs_embeds=full).last_hidden_state
         start_pos = embeds.shape[1] - 1
         states = hidden[:, start_pos : start_pos + len(turn.token_ids)]
         features = chat.transfer_head(states)
@@ -194,3 +195,15 @@ def test_chat_refuses_to_run_after_unload():
         unloaded.ask(unloaded.start(np.zeros((8, 8, 3), np.uint8)), "hi")
     with pytest.raises(ValueError, match="bitsandbytes"):
         LGVIChat.load(tiny.llava_hf_folder(), folder / "llava" / "llava_weights.pth", quantization="4bit", device="cpu")
+
+
+def test_generation_uses_the_cache_api_without_future_warnings(chat):
+    """transformers 5.24 deprecates LlamaModel's ``past_key_values`` (removed in 5.40) with a FutureWarning;
+    the project's pytest settings hide FutureWarning, so it is caught here explicitly."""
+    import warnings
+
+    session = chat.start(np.random.default_rng(0).random((48, 64, 3)).astype(np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chat.ask(session, "remove the dog", seed=0, max_new_tokens=3)
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], [str(w.message) for w in caught]

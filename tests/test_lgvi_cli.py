@@ -50,3 +50,16 @@ def test_user_errors_are_one_line(video, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["remove", "--help"])
     assert "--llava-weights" in capsys.readouterr().out
+
+
+def test_negative_text_and_eta_reach_the_pipeline(video, tmp_path, monkeypatch):
+    from cococo_core.lgvi.pipeline import LGVIPipeline
+
+    seen = []
+    original = LGVIPipeline.__call__
+    monkeypatch.setattr(LGVIPipeline, "__call__", lambda self, *a, **k: (seen.append(k), original(self, *a, **k))[1])
+    code = cli.main(["remove", "--model", str(tiny.lgvi_folder(8)), "--video", str(video), "--text", "remove the bird",
+                     "--negative-text", "a blurry bird", "--eta", "0.5", "--out", str(tmp_path / "o.mp4"),
+                     "--steps", "1", "--width", "32", "--height", "32", "--device", "cpu"])
+    assert code == 0
+    assert seen[0]["negative_prompt"] == "a blurry bird" and seen[0]["eta"] == 0.5

@@ -1,6 +1,8 @@
 """LGVI referring pipeline: guidance, temporal windows, end to end on the tiny official-layout folder."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -143,3 +145,86 @@ def test_four_channel_variant_runs_end_to_end():
     assert pipe4.unet.condition_conv_in is not None
     result = pipe4(_video(frames=2, height=32, width=32), "remove it", num_inference_steps=1, guidance_scale=1.0)
     assert result.frames.shape == (2, 32, 32, 3)
+
+
+def test_text_negative_prompt_replaces_clip_empty_in_both_unconditional_passes(pipe, monkeypatch):
+    spy = _Spy(pipe.unet)
+    monkeypatch.setattr(pipe, "unet", spy)
+    pipe(_video(frames=2), "remove the dog", negative_prompt="the cat", num_inference_steps=1, size=(32, 32))
+    (c_t, _, _), (c_i, _, _), (c_u, _, _) = spy.calls[:3]
+    torch.testing.assert_close(c_t, pipe.encode_text("remove the dog"))
+    torch.testing.assert_close(c_i, pipe.encode_text("the cat"))
+    torch.testing.assert_close(c_u, pipe.encode_text("the cat"))
+    with pytest.raises(TypeError, match="type of text"):
+        pipe(_video(frames=2), "remove the dog", negative_prompt=["the cat"], num_inference_steps=1)
+    with pytest.raises(ValueError, match="2 negative prompts for 1 prompts"):
+        pipe(_video(frames=2), ["remove the dog"], negative_prompt=["a", "b"], num_inference_steps=1)
+    with pytest.raises(ValueError, match="negative_context"):
+        pipe(_video(frames=2), context=torch.zeros(1, 4, 32), negative_prompt="the cat", num_inference_steps=1)
+
+
+def test_user_latents_are_the_starting_noise(pipe, monkeypatch):
+    spy = _Spy(pipe.unet)
+    monkeypatch.setattr(pipe, "unet", spy)
+    samples = []
+    original = spy.forward
+    monkeypatch.setattr(spy, "forward", lambda sample, *a, **k: (samples.append(sample.clone()), original(sample, *a, **k))[1])
+    latents = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(5))
+    first = pipe(_video(frames=2), "remove it", latents=latents, num_inference_steps=1, size=(32, 32), guidance_scale=1.0)
+    t0 = pipe.scheduler.timesteps[0]
+    expected = pipe.scheduler.scale_model_input(latents * pipe.scheduler.init_noise_sigma, t0)
+    torch.testing.assert_close(samples[0], expected)
+    seeded = pipe(_video(frames=2), "remove it", num_inference_steps=1, size=(32, 32), guidance_scale=1.0)
+    assert not torch.allclose(first.frames, seeded.frames)
+    with pytest.raises(ValueError, match=r"latents must be shaped \(1, 4, 2, 4, 4\)"):
+        pipe(_video(frames=2), "remove it", latents=torch.zeros(1, 4, 3, 4, 4), num_inference_steps=1, size=(32, 32))
+
+
+def test_ddim_eta_reaches_the_scheduler(pipe, monkeypatch):
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+    monkeypatch.setattr(pipe, "scheduler", ddim)
+    etas = []
+    step = ddim.step
+
+    @functools.wraps(step)  # keeps step's signature, which the pipeline inspects for "eta"
+    def recording_step(*args, **kwargs):
+        etas.append(kwargs.get("eta"))
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(ddim, "step", recording_step)
+    options = dict(num_inference_steps=2, size=(32, 32), guidance_scale=1.0, seed=3)
+    deterministic = pipe(_video(frames=2), "remove it", **options)
+    stochastic = pipe(_video(frames=2), "remove it", eta=1.0, **options)
+    assert etas == [0.0, 0.0, 1.0, 1.0]
+    assert not torch.allclose(deterministic.frames, stochastic.frames)
+
+
+def test_batched_prompts_and_videos_per_prompt_match_single_runs():
+    """Official batching: prompts x num_videos_per_prompt videos, prompt-major; each video is normalised on its
+    own (frame-pooled GroupNorm is per video), so a batch equals the single runs with the same starting noise
+    (float64: batched and single GEMMs then agree far below the tolerance)."""
+    pipe = LGVIPipeline.from_pretrained(tiny.lgvi_folder(8), device="cpu")
+    pipe.unet.double(), pipe.vae.double()  # the CLIP text encoder stays float32 (its mask overflows in float64 on 4.x)
+    video, prompts = _video(frames=2, height=32, width=32), ["remove the dog", "remove the cat"]
+    latents = torch.randn(4, 4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    options = dict(num_inference_steps=2, seed=4, negative_prompt=["a dog", "a cat"])
+    batch = pipe(video, prompts, num_videos_per_prompt=2, latents=latents, **options)
+    assert batch.videos.shape == (4, 2, 32, 32, 3) and batch.masks.shape == (4, 2, 32, 32)
+    for k in range(4):
+        single = pipe(video, [prompts[k // 2]], latents=latents[k : k + 1], **{**options, "negative_prompt": [options["negative_prompt"][k // 2]]})
+        torch.testing.assert_close(batch.videos[k], single.frames, rtol=0, atol=1e-6)
+        torch.testing.assert_close(batch.masks[k], single.mask, rtol=0, atol=1e-6)
+    assert not torch.allclose(batch.videos[0], batch.videos[2], atol=1e-3)
+
+
+def test_windows_normalise_each_window_on_its_own(pipe, monkeypatch):
+    """Frame-pooled GroupNorm statistics cover the frames the U-Net sees: with windows, those of one window."""
+    spy = _Spy(pipe.unet)
+    monkeypatch.setattr(pipe, "unet", spy)
+    video = _video(frames=5, height=32, width=32)
+    windowed = pipe(video, "remove it", num_inference_steps=1, guidance_scale=1.0, window_length=3, window_overlap=1)
+    assert {call[1].shape[2] for call in spy.calls} == {3}
+    plain = pipe(video, "remove it", num_inference_steps=1, guidance_scale=1.0)
+    assert not torch.allclose(windowed.frames, plain.frames, atol=1e-4)

@@ -78,7 +78,8 @@ def write_unet(folder: Path, state: dict, config: dict) -> None:
 
     (folder / "unet").mkdir(parents=True, exist_ok=True)
     (folder / "unet" / "config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "unet" / "diffusion_pytorch_model.safetensors"),
+              metadata={"format": "pt"})
 
 
 def write_lgvi_folder(folder: Path, in_channels: int = 8, interactive: bool = False) -> Path:
@@ -173,10 +174,23 @@ def llava_hf_folder() -> Path:
     return _cached(("llava-hf",), build)
 
 
+def _llava_v5_name(key: str) -> str:
+    """transformers 4.x Llava keys (``language_model.model.*``, ``language_model.lm_head``, ``vision_tower.*``,
+    ``multi_modal_projector.*``) under their transformers 5 names."""
+    if key.startswith("language_model.model."):
+        return "model.language_model." + key[len("language_model.model."):]
+    if key.startswith("language_model.lm_head."):
+        return key[len("language_model."):]
+    if key.startswith(("vision_tower.", "multi_modal_projector.")):
+        return "model." + key
+    return key
+
+
 def original_llava_state(model) -> tuple[dict, dict]:
     """The hf model's weights under the original LLaVA keys (+ the CLIP vision keys of its own folder)."""
     llava, vision = {}, {}
     for key, value in model.state_dict().items():
+        key = _llava_v5_name(key)
         if key.startswith("model.language_model."):
             llava["model." + key[len("model.language_model."):]] = value
         elif key.startswith("model.multi_modal_projector."):

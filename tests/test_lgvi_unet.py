@@ -41,7 +41,9 @@ def test_key_layout_is_diffusers_sd_plus_the_official_lgvi_extras(in_channels):
     assert ("condition_conv_in.weight" in extras) == (in_channels == 4)
 
 
-def test_zeroed_temporal_layers_reduce_to_the_diffusers_per_frame_unet():
+def test_a_single_frame_with_zeroed_temporal_layers_is_the_diffusers_sd_unet():
+    """One frame: frame-pooled GroupNorm is plain GroupNorm, so the U-Net is SD's (multi-frame inputs:
+    test_lgvi_video_norm)."""
     reference = _diffusers_unet(8).double()
     model = LGVIUNet(tiny.unet_config(8)).double().eval()
     state = model.state_dict()
@@ -50,12 +52,12 @@ def test_zeroed_temporal_layers_reduce_to_the_diffusers_per_frame_unet():
         if ".attn_temp.to_out.0." in key:
             state[key] = torch.zeros_like(state[key])
     model.load_state_dict(state)
-    # odd latent sizes exercise the forwarded upsample sizes
-    z, c, ctx = torch.randn(1, 4, 3, 12, 10).double(), torch.randn(1, 4, 3, 12, 10).double(), torch.randn(1, 5, 32).double()
+    # odd latent sizes exercise the forwarded upsample sizes; two videos of one frame each
+    z, c, ctx = torch.randn(2, 4, 1, 12, 10).double(), torch.randn(2, 4, 1, 12, 10).double(), torch.randn(2, 5, 32).double()
     with torch.no_grad():
         eps, _ = model(z, 10, ctx, c)
-        expected = reference(torch.cat([z, c], 1)[0].transpose(0, 1), 10, ctx.repeat(3, 1, 1)).sample
-    torch.testing.assert_close(eps[0].transpose(0, 1), expected, rtol=1e-9, atol=1e-9)
+        expected = reference(torch.cat([z, c], 1)[:, :, 0], 10, ctx).sample
+    torch.testing.assert_close(eps[:, :, 0], expected, rtol=1e-9, atol=1e-9)
 
 
 def _live_model(in_channels=8):

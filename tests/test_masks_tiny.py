@@ -187,10 +187,33 @@ _DINO_FUSED = [
 ]
 
 
+# transformers 4.x Swin names (no ``swin.`` level; BERT-style attention and MLP names) -> transformers 5 names
+_V4_BACKBONE = r"^model\.backbone\.conv_encoder\.model\."
+_SWIN_V4_TO_V5 = [
+    (_V4_BACKBONE + r"(embeddings|encoder)\.", r"model.backbone.conv_encoder.model.swin.\1."),
+    (r"\.attention\.self\.query\.", ".attention.q_proj."),
+    (r"\.attention\.self\.key\.", ".attention.k_proj."),
+    (r"\.attention\.self\.value\.", ".attention.v_proj."),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"\.attention\.self\.relative_position_bias_table$", ".attention.relative_position_bias.relative_position_bias_table"),
+    (r"(\.blocks\.\d+)\.intermediate\.dense\.", r"\1.mlp.fc1."),
+    (r"(\.blocks\.\d+)\.output\.dense\.", r"\1.mlp.fc2."),
+]
+
+
+def _v5_name(key: str) -> str:
+    if not re.match(_V4_BACKBONE, key) or ".swin." in key:
+        return key
+    for pattern, replacement in _SWIN_V4_TO_V5:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
 def dino_original_state(model) -> dict[str, torch.Tensor]:
     """The GroundingDINO checkpoint ``model`` dict (with ``module.`` prefixes and the buffers the original saves)."""
-    hf = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("swin.layernorm.weight")
-          and not k.endswith("swin.layernorm.bias")}
+    hf = {_v5_name(k): v.clone() for k, v in model.state_dict().items()
+          if not k.endswith("swin.layernorm.weight") and not k.endswith("swin.layernorm.bias")
+          and not k.endswith(("relative_position_index", "attn_mask"))}
     state = {}
     for pattern, names, target in _DINO_FUSED:
         for key in [k for k in hf if re.match(pattern + names[0] + r"\.", k)]:

@@ -139,7 +139,8 @@ def _save(state: dict[str, torch.Tensor], path: Path, weights: str) -> None:
     from safetensors.torch import save_file
 
     if weights == "safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path.with_suffix(".safetensors")))
+        # metadata as transformers/diffusers write it (transformers 4.x refuses files without it)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path.with_suffix(".safetensors")), metadata={"format": "pt"})
     elif weights == "bin":
         torch.save(state, path.with_suffix(".bin"))
     else:
@@ -161,7 +162,8 @@ def write_sd_folder(folder: Path, *, weights: str = "safetensors", in_channels: 
     CLIPTextConfig(**TINY_CLIP_CONFIG).save_pretrained(folder / "text_encoder")
     _save(state["unet"], folder / "unet" / "diffusion_pytorch_model", weights)
     _save(state["vae"], folder / "vae" / "diffusion_pytorch_model", weights)
-    text = {("text_model." + k if clip_text_model_prefix else k): v for k, v in state["text_encoder"].items()}
+    bare = {k.removeprefix("text_model."): v for k, v in state["text_encoder"].items()}  # transformers 4.x has it
+    text = {("text_model." + k if clip_text_model_prefix else k): v for k, v in bare.items()}
     _save(text, folder / "text_encoder" / ("model" if weights == "safetensors" else "pytorch_model"), weights)
     write_tokenizer(folder / "tokenizer")
     (folder / "scheduler").mkdir(exist_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import logging
 import os
 
@@ -144,13 +145,7 @@ class LGVIChat:
         vision_config = self.model.config.vision_config
         pixels = clip_image_tensor(image, vision_config.image_size)
         dtype = self.model.get_input_embeddings().weight.dtype
-        out = self.model.get_image_features(
-            pixel_values=pixels.to(self.model.device, dtype),
-            vision_feature_layer=self.model.config.vision_feature_layer,
-            vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
-        )
-        features = getattr(out, "pooler_output", out)  # transformers 5 output object / 4.x tensor
-        features = features[0] if isinstance(features, (list, tuple)) else features
+        features = llava_image_features(self.model, pixels.to(self.model.device, dtype))
         return features.reshape(1, -1, features.shape[-1]).to(dtype)
 
     def _sample(self, embeds, seed, temperature, top_k, max_new_tokens, callback, cancel):
@@ -159,8 +154,8 @@ class LGVIChat:
         language_model, lm_head = _llava_parts(self.model)
         eos = self.tokenizer.eos_token_id
         generator = torch.Generator("cpu").manual_seed(int(seed))
-        cache = DynamicCache()
-        hidden = language_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
+        cache = {_cache_keyword(language_model): DynamicCache()}
+        hidden = language_model(inputs_embeds=embeds, use_cache=True, **cache).last_hidden_state[:, -1:]
         tokens, states = [], []
         for step in range(max_new_tokens):
             check_cancelled(cancel)
@@ -171,7 +166,7 @@ class LGVIChat:
             if token == eos:
                 break
             step_embeds = self.model.get_input_embeddings()(torch.tensor([[token]], device=embeds.device))
-            hidden = language_model(inputs_embeds=step_embeds, past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = language_model(inputs_embeds=step_embeds, use_cache=True, **cache).last_hidden_state
         return tokens, states
 
     def _next_token(self, logits: torch.Tensor, generator, temperature: float, top_k: int) -> int:
@@ -185,6 +180,28 @@ class LGVIChat:
             threshold = torch.topk(logits, top_k).values[-1]
             logits = logits.masked_fill(logits < threshold, float("-inf"))
         return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+def llava_image_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Projected patch features of the vision tower (LLaVA-1.5: hidden state ``vision_feature_layer``, CLS dropped
+    for the ``default`` strategy, then the projector). ``get_image_features`` where transformers has it (>= 4.47)."""
+    config = model.config
+    if hasattr(model, "get_image_features"):
+        out = model.get_image_features(pixel_values=pixels, vision_feature_layer=config.vision_feature_layer,
+                                       vision_feature_select_strategy=config.vision_feature_select_strategy)
+        features = getattr(out, "pooler_output", out)  # transformers 5 output object / 4.x tensor
+        return features[0] if isinstance(features, (list, tuple)) else features
+    hidden = model.vision_tower(pixels, output_hidden_states=True).hidden_states[config.vision_feature_layer]
+    if config.vision_feature_select_strategy == "default":
+        hidden = hidden[:, 1:]
+    return model.multi_modal_projector(hidden)
+
+
+def _cache_keyword(language_model) -> str:
+    """The decoder's KV-cache argument: ``cache`` (transformers >= 5.24; ``past_key_values`` is deprecated there
+    and removed in 5.40) or ``past_key_values`` (earlier releases)."""
+    parameters = inspect.signature(language_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _llava_parts(model):

@@ -1,8 +1,9 @@
 """LGVI removal-mask decoder (official ``rovi/models/mask_decoder.py``; spec §1.7).
 
 Inputs: the outputs of the three cross-attention up blocks (after their upsamplers), coarse to fine.
-Each ``MultiScaleProj`` is conv3x3 -> GN32 -> ReLU -> conv3x3 -> GN32 -> ReLU (per frame, no bias) ->
-temporal ``Conv1d(k=3)`` over frames per pixel -> GN32 -> ReLU. The first projection is upsampled x2
+Each ``MultiScaleProj`` is conv3x3 -> GN32 -> ReLU -> conv3x3 -> GN32 -> ReLU (per-frame convolutions
+without bias; both GroupNorms pool each video's frames, as the official ``nn.GroupNorm`` on 5-D
+tensors) -> temporal ``Conv1d(k=3)`` over frames per pixel -> GN32 over (C/G x F) per pixel -> ReLU. The first projection is upsampled x2
 (nearest) before the concatenation with the next feature; a 1x1 ``final_conv`` and a sigmoid give the
 mask at latent resolution. Frames are batched as (B*F); ``num_frames`` restores the video axis.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .video_norm import FramePooledGroupNorm
 
 REDUCED_CHANNELS = 512
 
@@ -21,13 +24,13 @@ class MultiScaleProj(nn.Module):
         self.conv1 = nn.Conv2d(channels_in, channels_out, 3, 1, 1, bias=False)
         self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
         self.conv_temp = nn.Conv1d(channels_out, channels_out, 3, 1, 1, bias=False)
-        self.norm1 = nn.GroupNorm(32, channels_out)
-        self.norm2 = nn.GroupNorm(32, channels_out)
+        self.norm1 = FramePooledGroupNorm(32, channels_out)
+        self.norm2 = FramePooledGroupNorm(32, channels_out)
         self.norm_temp = nn.GroupNorm(32, channels_out)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        x = F.relu(self.norm1(self.conv1(x)))
-        x = F.relu(self.norm2(self.conv2(x)))
+        x = F.relu(self.norm1(self.conv1(x), num_frames))
+        x = F.relu(self.norm2(self.conv2(x), num_frames))
         frames_batch, channels, height, width = x.shape
         batch = frames_batch // num_frames
         # (B*F, C, H, W) -> (B*H*W, C, F): the official "b c f h w -> (b h w) c f"

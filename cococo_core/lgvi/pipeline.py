@@ -5,16 +5,20 @@
 3. Per step of the checkpoint's scheduler (50 steps): eps_T, eps_I, eps_U as three sequential
    batch-1 passes, combined by :func:`~.guidance.combine_guidance` (3.0 / 1.5); the unconditional
    video latent is zeros. Videos longer than ``window_length`` frames are predicted in overlapping
-   temporal windows (:mod:`cococo_core.windows`); one window is exactly the plain path.
+   temporal windows (:mod:`cococo_core.windows`); one window is exactly the plain path. The U-Net's
+   frame-pooled GroupNorm statistics (and temporal attention) then cover one window's frames.
 4. The mask decoder runs once, in the text-conditioned pass of the last step.
 5. Chunked VAE decode.
 
 Conditioning: referring LGVI encodes the expression with the checkpoint's CLIP text encoder and
 uses CLIP("") as the negative; LGVI-I passes the MLLM context and zeros of the same shape.
+Official ``RoviPipeline.__call__`` arguments: batched prompts, ``num_videos_per_prompt``, a text
+``negative_prompt``, starting ``latents`` and DDIM's ``eta``.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import logging
 import os
@@ -39,8 +43,19 @@ DEFAULT_OVERLAP = 4
 
 @dataclasses.dataclass
 class RemovalResult:
-    frames: torch.Tensor  # (F, H, W, 3) float32 in [0, 1], CPU
-    mask: torch.Tensor | None  # (F, H, W) float32 in [0, 1], CPU: predicted removal region
+    """Every generated video, prompt-major (prompt 0's ``num_videos_per_prompt`` videos first); ``frames`` and
+    ``mask`` are the first video's."""
+
+    videos: torch.Tensor  # (N, F, H, W, 3) float32 in [0, 1], CPU
+    masks: torch.Tensor | None  # (N, F, H, W) float32 in [0, 1], CPU: predicted removal region
+
+    @property
+    def frames(self) -> torch.Tensor:  # (F, H, W, 3)
+        return self.videos[0]
+
+    @property
+    def mask(self) -> torch.Tensor | None:  # (F, H, W)
+        return None if self.masks is None else self.masks[0]
 
 
 def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
@@ -65,7 +80,7 @@ class LGVIPipeline:
         moves = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
         for module in (self.unet, self.vae, self.text_encoder):
             if module is not None:
-                module.to(**moves)
+                _move(module, **moves)
         return self
 
     @property
@@ -85,7 +100,8 @@ class LGVIPipeline:
             raise FileNotFoundError(f"LGVI checkpoint folder not found: {path}")
         device, dtype = default_device_dtype(device, dtype)
         unet = load_lgvi_unet(path, device=device, dtype=dtype, strict=strict)
-        vae = AutoencoderKL.from_pretrained(_subfolder(path, "vae")).to(device=device, dtype=dtype).eval()
+        vae = AutoencoderKL.from_pretrained(_subfolder(path, "vae"), low_cpu_mem_usage=_accelerate_available())
+        vae = _move(vae, device=device, dtype=dtype).eval()
         encoder = tokenizer = None
         if text_encoder:
             from transformers import CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
@@ -95,8 +111,8 @@ class LGVIPipeline:
         return cls(unet, vae, load_scheduler(path), encoder, tokenizer)
 
     @torch.no_grad()
-    def encode_text(self, text: str) -> torch.Tensor:
-        """CLIP last hidden state of ``text`` padded to the tokenizer's 77 tokens: (1, 77, D)."""
+    def encode_text(self, text: str | list[str]) -> torch.Tensor:
+        """CLIP last hidden state of ``text`` padded to the tokenizer's 77 tokens: (prompts, 77, D)."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline was loaded without a text encoder; pass context= (LGVI-I) or load with text_encoder=True")
         ids = self.tokenizer(
@@ -108,10 +124,14 @@ class LGVIPipeline:
     def __call__(
         self,
         frames,
-        text: str | None = None,
+        text: str | list[str] | None = None,
         *,
         context: torch.Tensor | None = None,
+        negative_prompt: str | list[str] | None = None,
         negative_context: torch.Tensor | None = None,
+        num_videos_per_prompt: int = 1,
+        latents: torch.Tensor | None = None,
+        eta: float = 0.0,
         num_inference_steps: int = DEFAULT_STEPS,
         guidance_scale: float = DEFAULT_TEXT_GUIDANCE,
         image_guidance_scale: float = DEFAULT_IMAGE_GUIDANCE,
@@ -125,10 +145,21 @@ class LGVIPipeline:
         callback=None,
         cancel=None,
     ) -> RemovalResult:
-        """Remove what ``text`` (LGVI) or ``context`` (LGVI-I, (1, L, D)) refers to from ``frames``
-        ((F, H, W, 3) in [0, 1]). ``size`` = (width, height) to work at; default: the input size
-        rounded to multiples of 8. ``callback(step, total, latents)``, ``cancel() -> bool``."""
-        context, negative = self._contexts(text, context, negative_context)
+        """Remove what ``text`` (LGVI: one expression or a list) or ``context`` (LGVI-I, (prompts, L, D)) refers
+        to from ``frames`` ((F, H, W, 3) in [0, 1]); ``num_videos_per_prompt`` videos per prompt.
+
+        As the official ``RoviPipeline``: ``negative_prompt`` (same type as ``text``; default "") replaces
+        CLIP("") in the two unconditional passes; ``latents`` ((N, 4, F, h, w), N = prompts x videos per
+        prompt, at the working size / 8) replace the seeded starting noise and are scaled by the scheduler's
+        ``init_noise_sigma``; ``eta`` is DDIM's eta (used only by schedulers whose ``step`` takes it).
+        ``size`` = (width, height) to work at; default: the input size rounded to multiples of 8.
+        ``callback(step, total, latents)``, ``cancel() -> bool``."""
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
+        context, negative = self._contexts(text, context, negative_prompt, negative_context)
+        context = context.repeat_interleave(num_videos_per_prompt, dim=0)
+        negative = negative.repeat_interleave(num_videos_per_prompt, dim=0)
+        count = context.shape[0]
         video = as_frames(frames)
         num_frames, in_height, in_width = video.shape[:3]
         height, width = work_size(in_height, in_width, size)
@@ -136,11 +167,11 @@ class LGVIPipeline:
         generator = torch.Generator("cpu").manual_seed(int(seed))
 
         condition = self.encode_video(to_model_input(video, height, width), generator, vae_batch_size, cancel)
+        condition = condition.expand(count, *condition.shape[1:])
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         timesteps = self.scheduler.timesteps
-        latents = torch.randn(condition.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-        step_kwargs = _step_kwargs(self.scheduler, generator)
+        latents = self._initial_latents(latents, condition.shape, generator)
+        step_kwargs = _step_kwargs(self.scheduler, generator, eta)
         guided = guidance_enabled(guidance_scale, image_guidance_scale)
         mask = None
         for index, t in enumerate(timesteps):
@@ -162,14 +193,28 @@ class LGVIPipeline:
             latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
             report(callback, index + 1, len(timesteps), latents)
 
-        images = self.decode_latents(latents, vae_batch_size, cancel)
         out_height, out_width = (in_height, in_width) if resize_back else (height, width)
-        result_mask = None
+        videos = []
+        for one in latents:
+            images = self.decode_latents(one[None], vae_batch_size, cancel)
+            videos.append(from_model_output(images, out_height, out_width).cpu())
+        masks = None
         if mask is not None:
-            mask_frames = mask[0].transpose(0, 1).float()  # (F, 1, h, w)
-            result_mask = F.interpolate(mask_frames, size=(out_height, out_width), mode="bilinear", align_corners=False)
-            result_mask = result_mask[:, 0].clamp(0, 1).cpu()
-        return RemovalResult(from_model_output(images, out_height, out_width).cpu(), result_mask)
+            mask_frames = mask[:, 0].reshape(-1, 1, *mask.shape[-2:]).float()  # (N*F, 1, h, w)
+            masks = F.interpolate(mask_frames, size=(out_height, out_width), mode="bilinear", align_corners=False)
+            masks = masks[:, 0].clamp(0, 1).reshape(count, num_frames, out_height, out_width).cpu()
+        return RemovalResult(torch.stack(videos), masks)
+
+    def _initial_latents(self, latents, shape, generator) -> torch.Tensor:
+        """Seeded noise, or the caller's ``latents`` (official ``prepare_latents``), times ``init_noise_sigma``."""
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != tuple(shape):
+            raise ValueError(
+                f"latents must be shaped {tuple(shape)} (videos, 4, frames, height/8, width/8 of the working size), "
+                f"got {tuple(latents.shape)}"
+            )
+        return latents.to(self.device, self.dtype) * self.scheduler.init_noise_sigma
 
     def predict_noise(self, latents, condition, t, context, negative, text_scale, image_scale, want_mask):
         """Guided eps for one window: three sequential batch-1 passes (official memory layout)."""
@@ -199,22 +244,61 @@ class LGVIPipeline:
             out.append(self.vae.decode(frames[start : start + max(1, batch_size)].to(self.vae.dtype)).sample.float().cpu())
         return torch.cat(out)
 
-    def _contexts(self, text, context, negative):
+    def _contexts(self, text, context, negative_prompt, negative_context):
+        """(prompts, L, D) conditioning and its negative, from text (CLIP) or given contexts (LGVI-I)."""
         if (text is None) == (context is None):
             raise ValueError("give exactly one of text= (LGVI referring expression) or context= (LGVI-I conditioning)")
         if text is not None:
-            context = self.encode_text(text)
-            if negative is None:
-                negative = self.encode_text("")
+            prompts = [text] if isinstance(text, str) else list(text)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError("text must be a string or a non-empty list of strings")
+            context = self.encode_text(prompts)
+            if negative_context is None:
+                negative_context = self.encode_text(_negative_prompts(text, negative_prompt, len(prompts)))
         else:
-            if context.dim() != 3 or context.shape[0] != 1 or context.shape[1] < 1:
-                raise ValueError(f"context must be shaped (1, tokens>=1, dim), got {tuple(context.shape)}")
-            if negative is None:
-                negative = torch.zeros_like(context)
+            if negative_prompt is not None:
+                raise ValueError("negative_prompt is text for the CLIP encoder; with context= pass negative_context=")
+            if context.dim() != 3 or context.shape[1] < 1:
+                raise ValueError(f"context must be shaped (prompts, tokens>=1, dim), got {tuple(context.shape)}")
+            if negative_context is None:
+                negative_context = torch.zeros_like(context)
+        if negative_context.shape[0] == 1 and context.shape[0] > 1:
+            negative_context = negative_context.expand(context.shape[0], *negative_context.shape[1:])
+        if negative_context.shape[0] != context.shape[0] or negative_context.shape[-1] != context.shape[-1]:
+            raise ValueError(f"negative context {tuple(negative_context.shape)} does not match context {tuple(context.shape)}")
         expected = self.unet.config.cross_attention_dim
         if context.shape[-1] != expected:
             raise ValueError(f"context width {context.shape[-1]} does not match the U-Net's cross_attention_dim {expected}")
-        return context.to(self.device, self.dtype), negative.to(self.device, self.dtype)
+        return context.to(self.device, self.dtype), negative_context.to(self.device, self.dtype)
+
+
+def _negative_prompts(text, negative_prompt, count: int) -> list[str]:
+    """Official ``_encode_prompt`` rules: default ""; same type as the prompt; a list must match its length."""
+    if negative_prompt is None:
+        return [""] * count
+    if type(negative_prompt) is not type(text):
+        raise TypeError(f"negative_prompt must have the type of text ({type(text).__name__}), got {type(negative_prompt).__name__}")
+    if isinstance(negative_prompt, str):
+        return [negative_prompt]
+    if len(negative_prompt) != count:
+        raise ValueError(f"{len(negative_prompt)} negative prompts for {count} prompts; give one per prompt")
+    return list(negative_prompt)
+
+
+def _accelerate_available() -> bool:
+    """diffusers' fast loading needs accelerate; asking for it without accelerate only prints a warning."""
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def _move(module, **moves):
+    """``module.to(**moves)``. A diffusers model that keeps no module in float32 (the VAE) is cast by
+    ``nn.Module.to``: diffusers' own ``to`` warns about float32 modules whenever a dtype is given, even when
+    there are none, so the result is the same without the warning."""
+    from diffusers import ModelMixin  # noqa: PLC0415
+
+    if "dtype" in moves and isinstance(module, ModelMixin) and not getattr(module, "_keep_in_fp32_modules", None):
+        return torch.nn.Module.to(module, **moves)
+    return module.to(**moves)
 
 
 def _subfolder(path: str, name: str) -> str:
@@ -224,11 +308,12 @@ def _subfolder(path: str, name: str) -> str:
     return folder
 
 
-def _step_kwargs(scheduler, generator) -> dict:
+def _step_kwargs(scheduler, generator, eta: float) -> dict:
+    """Official ``prepare_extra_step_kwargs``: ``eta`` and ``generator`` where ``scheduler.step`` takes them."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {}
     if "eta" in accepted:
-        kwargs["eta"] = 0.0
+        kwargs["eta"] = float(eta)
     if "generator" in accepted:
         kwargs["generator"] = generator
     return kwargs

@@ -1,39 +1,36 @@
 """The LGVI / LGVI-I video U-Net (official ``RoviModel``; spec §1.1-1.7), key-compatible with the
 Hugging Face ``jianzongwu/lgvi`` and ``jianzongwu/lgvi-i`` ``unet/`` folders.
 
-SD-1.x topology run per frame (convolutions, ResNets, spatial and cross attention see frames as a
-batch, (B*F, C, H, W)), plus temporal self-attention after cross-attention in every transformer
-block and the removal-mask decoder fed by the three cross-attention up blocks. Video conditioning:
+SD-1.x topology on frames batched as (B*F, C, H, W): convolutions, spatial and cross attention run per
+frame, while the ResNet GroupNorms and ``conv_norm_out`` pool their statistics over all frames of each
+video (official ``nn.GroupNorm`` on 5-D tensors; :mod:`.video_norm`). Temporal self-attention follows
+cross-attention in every transformer block; the removal-mask decoder is fed by the three
+cross-attention up blocks. Video conditioning:
 
 * ``in_channels == 8``: ``conv_in(cat[z_t, c])`` (InstructPix2Pix / MagicBrush style);
 * ``in_channels == 4``: ``conv_in(z_t) + condition_conv_in(c)`` (paper eq. 2; zero-initialised).
 
-ResNets, down/up-samplers and the timestep embedding are diffusers' own 2-D modules (the official
-``InflatedConv3d`` is a per-frame ``Conv2d`` with the same keys).
+Down/up-samplers and the timestep embedding are diffusers' own 2-D modules (the official
+``InflatedConv3d`` is a per-frame ``Conv2d`` with the same keys); the ResNet block is :mod:`.resnet`.
 """
 from __future__ import annotations
 
 import torch
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from .layers import VideoTransformer
 from .mask_decoder import MaskDecoder
+from .resnet import VideoResnetBlock
 from .unet_config import LGVIUNetConfig
+from .video_norm import FramePooledGroupNorm
 
 
-def _resnet(config: LGVIUNetConfig, channels_in: int, channels_out: int, scale: float = 1.0) -> ResnetBlock2D:
-    return ResnetBlock2D(
-        in_channels=channels_in,
-        out_channels=channels_out,
-        temb_channels=config.block_out_channels[0] * 4,
-        eps=config.norm_eps,
-        groups=config.norm_num_groups,
-        non_linearity="silu",
-        output_scale_factor=scale,
+def _resnet(config: LGVIUNetConfig, channels_in: int, channels_out: int, scale: float = 1.0) -> VideoResnetBlock:
+    return VideoResnetBlock(
+        channels_in, channels_out, config.block_out_channels[0] * 4, config.norm_num_groups, config.norm_eps, scale
     )
 
 
@@ -62,7 +59,7 @@ class DownBlock(nn.Module):
     def forward(self, x, temb, context, num_frames):
         skips = []
         for i, resnet in enumerate(self.resnets):
-            x = resnet(x, temb)
+            x = resnet(x, temb, num_frames)
             if self.attentions is not None:
                 x = self.attentions[i](x, context, num_frames)
             skips.append(x)
@@ -80,9 +77,9 @@ class MidBlock(nn.Module):
         self.attentions = nn.ModuleList([_transformer(config, channels, heads)])
 
     def forward(self, x, temb, context, num_frames):
-        x = self.resnets[0](x, temb)
+        x = self.resnets[0](x, temb, num_frames)
         x = self.attentions[0](x, context, num_frames)
-        return self.resnets[1](x, temb)
+        return self.resnets[1](x, temb, num_frames)
 
 
 class UpBlock(nn.Module):
@@ -105,7 +102,7 @@ class UpBlock(nn.Module):
 
     def forward(self, x, skips, temb, context, num_frames, upsample_size=None):
         for i, resnet in enumerate(self.resnets):
-            x = resnet(torch.cat([x, skips.pop()], dim=1), temb)
+            x = resnet(torch.cat([x, skips.pop()], dim=1), temb, num_frames)
             if self.attentions is not None:
                 x = self.attentions[i](x, context, num_frames)
         if self.upsamplers is not None:
@@ -154,7 +151,7 @@ class LGVIUNet(nn.Module):
                     upsample=i < len(channels) - 1,
                 )
             )
-        self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, channels[0], eps=config.norm_eps)
+        self.conv_norm_out = FramePooledGroupNorm(config.norm_num_groups, channels[0], eps=config.norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(channels[0], config.out_channels, 3, padding=1)
         if config.mask_decoder_type == "MaskDecoder":
@@ -209,7 +206,7 @@ class LGVIUNet(nn.Module):
             x = block(x, block_skips, temb, context, num_frames, upsample_size)
             if block.attentions is not None:
                 up_features.append(x)
-        eps = self.conv_out(self.conv_act(self.conv_norm_out(x)))
+        eps = self.conv_out(self.conv_act(self.conv_norm_out(x, num_frames)))
         mask = None
         if return_mask and self.mask_decoder is not None:
             mask = self.mask_decoder([f.to(self.mask_decoder.final_conv.weight.dtype) for f in up_features], num_frames)

@@ -4,7 +4,8 @@ The official config is a diffusers ``UNet2DConditionModel`` config plus five LGV
 (``temp_attn``, ``ref_frame_type_2``, ``cross_frame_type``, ``mask_decoder_type``, ``lan_cross_attn``).
 Known quirks of the published files (spec §1.2-1.3, issue #5):
 
-* an unknown key ``st_attn: false`` -> ignored with a warning;
+* a key ``st_attn: false`` that the official ``RoviModel`` does not read (diffusers warned about it,
+  issue #5) -> known, ignored, logged at debug level; other unknown keys are ignored with a warning;
 * ``cross_attention_dim`` may be absent (code default 1280) although the weights are 768-d;
 * ``in_channels`` decides the video conditioning: 8 = concat, 4 = zero-initialised ``condition_conv_in``.
 
@@ -32,6 +33,8 @@ _BLOCK_ALIASES = {  # 2-D names (diffusers / MagicBrush configs) map to the same
 }
 # Keys of the official config that carry no architecture, or whose only supported value is the default.
 _IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "sample_size", "act_fn", "mid_block_type"}
+# Keys the published configs carry although the official model has no such argument.
+_KNOWN_UNUSED = {"st_attn"}
 _MUST_BE_DEFAULT = {
     "ref_frame_type_2": None,  # SpatialTemporalAttention: defined but never instantiated upstream
     "cross_frame_type": None,
@@ -97,6 +100,8 @@ class LGVIUNetConfig:
                         f"unet config sets {key}={value!r}; only {default!r} is supported (the released "
                         f"LGVI / LGVI-I checkpoints do not use this feature)"
                     )
+            elif key in _KNOWN_UNUSED:
+                logger.debug("LGVI unet config: %s=%r is not an argument of the official model; ignored", key, value)
             elif key not in _IGNORED:
                 unknown.append(key)
         if unknown:

@@ -101,12 +101,18 @@ def count_indexed(keys, pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
+# segment-anything TwoWayAttentionBlock.norm1..norm4: nn.LayerNorm(embedding_dim), i.e. eps 1e-5.
+ORIGINAL_TWO_WAY_LAYER_NORM_EPS = 1e-5
+
+
 def sam_config_from_state_dict(state: Mapping[str, torch.Tensor]):
     """A ``SamConfig`` matching an ORIGINAL-layout SAM state dict, from its tensor shapes.
 
     Attention heads are inferred from the relative-position tables (their width is the head dimension); windowed
     and global layers differ in table length (2*window-1 vs 2*grid-1). The mask decoder's head count (8) cannot
-    be read from shapes and is SAM's.
+    be read from shapes and is SAM's. The two-way transformer's LayerNorms are ``nn.LayerNorm`` with PyTorch's
+    default eps 1e-5 in segment-anything (``modeling/transformer.py``), while ``SamMaskDecoderConfig`` defaults to
+    1e-6: the original value is set here (:data:`ORIGINAL_TWO_WAY_LAYER_NORM_EPS`).
     """
     from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
@@ -150,6 +156,7 @@ def sam_config_from_state_dict(state: Mapping[str, torch.Tensor]):
         num_multimask_outputs=state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
         iou_head_depth=count_indexed(keys, r"^mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
         iou_head_hidden_dim=state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+        layer_norm_eps=ORIGINAL_TWO_WAY_LAYER_NORM_EPS,
     )
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 

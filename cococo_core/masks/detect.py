@@ -4,6 +4,7 @@ Follows the original ``groundingdino.util.inference`` path:
 
 * caption: lower case, phrases separated and ended by " ." (``"Cat. the dog"`` -> ``"cat . the dog ."``);
 * image: resized so the short side is 800 and the long side at most 1333 (``T.RandomResize([800], max_size=1333)``),
+  with PIL bilinear on the uint8 image as the original does (or by torch on float frames, on request),
   ImageNet mean/std normalisation; no padding (all frames of a clip share one size, so they batch as is);
 * a query is kept when ``max_token sigmoid(logit) > box_threshold`` (0.35); its label is the text of the tokens
   whose probability is ``> text_threshold`` (0.25), as ``get_phrases_from_posmap`` does; boxes are (cx, cy, w, h)
@@ -124,11 +125,26 @@ def detection_size(height: int, width: int, config, short: int = 800, max_long: 
         target = int(target * 1.1) + 1
 
 
-def preprocess(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W, 3) floats in [0, 1] -> (B, 3, h, w) ImageNet-normalised pixels."""
-    x = frames.permute(0, 3, 1, 2).float()
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+PREPROCESSING = ("original", "torch")
+
+
+def preprocess(frames: torch.Tensor, size: tuple[int, int], method: str = "original") -> torch.Tensor:
+    """(B, H, W, 3) frames (float in [0, 1] or uint8) -> (B, 3, h, w) ImageNet-normalised pixels.
+
+    ``method="original"``: GroundingDINO's own (PIL bilinear on the uint8 image, then ``ToTensor`` / 255;
+    :mod:`.pil_resize`); ``"torch"``: float frames resized by torch (bilinear, antialiased) on their device."""
+    if method == "original":
+        from .pil_resize import resize_uint8
+
+        x = resize_uint8(frames, size).to(frames.device).permute(0, 3, 1, 2).float() / 255
+    elif method == "torch":
+        x = frames.permute(0, 3, 1, 2).float()
+        if frames.dtype == torch.uint8:
+            x = x / 255
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    else:
+        raise ValueError(f"pre-processing must be one of {PREPROCESSING}, got {method!r}")
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -169,11 +185,27 @@ def text_encoded_once(model):
         base.text_backbone = inner
 
 
+# transformers 4.x hard-codes bert-base-uncased's [CLS] [SEP] . ? ids (``modeling_grounding_dino.SPECIAL_TOKENS``)
+BERT_BASE_UNCASED_SPECIAL_IDS = [101, 102, 1012, 1029]
+
+
 def set_special_tokens(model, tokenizer) -> None:
-    """Point the model's phrase-delimiter ids at this tokenizer's (transformers hard-codes bert-base-uncased ids)."""
-    buffer = model.model.special_tokens
-    ids = torch.tensor(special_token_ids(tokenizer), dtype=buffer.dtype, device=buffer.device)
-    model.model.special_tokens = ids
+    """Point the model's phrase-delimiter ids at this tokenizer's. transformers 5 keeps them in a buffer
+    (bert-base-uncased's ids by default); transformers 4.x hard-codes bert-base-uncased's ids, so there the
+    tokenizer must use them (every released GroundingDINO uses bert-base-uncased)."""
+    ids = special_token_ids(tokenizer)
+    buffer = getattr(model.model, "special_tokens", None)
+    if buffer is None:
+        if ids != BERT_BASE_UNCASED_SPECIAL_IDS:
+            import transformers
+
+            raise ValueError(
+                f"this tokenizer's [CLS] [SEP] . ? ids are {ids}; transformers {transformers.__version__} hard-codes "
+                f"bert-base-uncased's {BERT_BASE_UNCASED_SPECIAL_IDS}. Use the bert-base-uncased tokenizer or "
+                "transformers >= 5"
+            )
+        return
+    model.model.special_tokens = torch.tensor(ids, dtype=buffer.dtype, device=buffer.device)
 
 
 def _label(prompt: TextPrompt, probs: torch.Tensor, tokenizer, text_threshold: float) -> str:

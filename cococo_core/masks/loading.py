@@ -38,9 +38,11 @@ class Detector:
     source: str
 
     def __post_init__(self):
+        from .box_refinement import install_original_box_refinement
         from .detect import set_special_tokens
 
         set_special_tokens(self.model, self.tokenizer)
+        install_original_box_refinement(self.model)  # both layouts hold the original weights
 
 
 @dataclass

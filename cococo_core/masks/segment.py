@@ -1,7 +1,7 @@
 """Masks from boxes with Segment Anything (transformers ``SamModel``), following ``SamPredictor``:
 
-* image: longest side resized to ``image_size`` (1024), ImageNet mean/std (``pixel_mean``/``pixel_std`` / 255),
-  zero-padded bottom/right to a square; one image-encoder pass per frame (frames are batched);
+* image: longest side resized to ``image_size`` (1024) with PIL bilinear on the uint8 image as the original does
+  (or by torch on float frames, on request), ``pixel_mean``/``pixel_std``, zero-padded bottom/right to a square; one image-encoder pass per frame (frames are batched);
 * boxes: xyxy pixels scaled by the same resize (``ResizeLongestSide.apply_boxes``), all boxes of a frame decoded in
   one mask-decoder call with ``multimask_output=False``;
 * masks: low-res logits upsampled (bilinear) to the padded square, cropped to the resized image, upsampled to the
@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .detect import IMAGENET_MEAN, IMAGENET_STD
+from .detect import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING
+from .pil_resize import SAM_PIXEL_MEAN, SAM_PIXEL_STD, resize_uint8
 
 
 def resized_size(height: int, width: int, longest: int) -> tuple[int, int]:
@@ -21,25 +22,38 @@ def resized_size(height: int, width: int, longest: int) -> tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def preprocess(frames: torch.Tensor, image_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(B, H, W, 3) floats in [0, 1] -> ((B, 3, S, S) normalised and padded pixels, resized (h, w))."""
+def preprocess(frames: torch.Tensor, image_size: int, method: str = "original") -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, 3) frames (float in [0, 1] or uint8) -> ((B, 3, S, S) normalised and padded pixels, resized (h, w)).
+
+    ``method="original"``: ``ResizeLongestSide.apply_image`` (PIL bilinear on the uint8 image) and ``Sam.preprocess``
+    ((x - pixel_mean) / pixel_std on the 0..255 scale; :mod:`.pil_resize`); ``"torch"``: float frames resized by
+    torch (bilinear, antialiased) and normalised with the same constants on the 0..1 scale."""
     height, width = frames.shape[1:3]
     size = resized_size(height, width, image_size)
-    x = frames.permute(0, 3, 1, 2).float()
-    if size != (height, width):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    if method == "original":
+        x = resize_uint8(frames, size).to(frames.device).permute(0, 3, 1, 2).float()
+        mean = torch.tensor(SAM_PIXEL_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(SAM_PIXEL_STD, device=x.device).view(1, 3, 1, 1)
+    elif method == "torch":
+        x = frames.permute(0, 3, 1, 2).float()
+        if frames.dtype == torch.uint8:
+            x = x / 255
+        if size != (height, width):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    else:
+        raise ValueError(f"pre-processing must be one of {PREPROCESSING}, got {method!r}")
     x = (x - mean) / std
     return F.pad(x, (0, image_size - size[1], 0, image_size - size[0])), size
 
 
 @torch.no_grad()
-def image_embeddings(model, frames: torch.Tensor, *, batch_size: int | None = None):
+def image_embeddings(model, frames: torch.Tensor, *, batch_size: int | None = None, preprocessing: str = "original"):
     """(embeddings (B, C, h', w'), resized size) for (B, H, W, 3) frames; ``batch_size`` frames per encoder pass."""
     image_size = model.config.vision_config.image_size
     parameter = next(model.parameters())
-    pixels, size = preprocess(frames.to(parameter.device), image_size)
+    pixels, size = preprocess(frames.to(parameter.device), image_size, preprocessing)
     pixels = pixels.to(parameter.dtype)
     step = batch_size or pixels.shape[0]
     chunks = [model.get_image_embeddings(pixels[i:i + step]) for i in range(0, pixels.shape[0], step)]

@@ -41,8 +41,11 @@ class MaskOptions:
     detection_short_side: int = 800
     detection_max_side: int = 1333
     encode_text_once: bool = True
+    preprocessing: str = "original"  # "original": the originals' PIL resize of uint8 frames; "torch": float resize
 
     def validate(self) -> None:
+        if self.preprocessing not in dino.PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {dino.PREPROCESSING}, got {self.preprocessing!r}")
         if not 0 <= self.box_threshold <= 1 or not 0 <= self.text_threshold <= 1:
             raise ValueError(f"thresholds must lie in [0, 1] (box {self.box_threshold}, text {self.text_threshold})")
         for name in ("detect_every", "chunk_size", "max_boxes", "detection_short_side"):
@@ -90,19 +93,19 @@ def _model_device(model) -> tuple[torch.device, torch.dtype]:
 
 def _detect_chunk(detector, frames, prompt, size, options) -> list[dino.FrameDetections]:
     device, dtype = _model_device(detector.model)
-    pixels = dino.preprocess(frames.to(device), size).to(dtype)
+    pixels = dino.preprocess(frames.to(device), size, options.preprocessing).to(dtype)
     return dino.detect(detector.model, detector.tokenizer, pixels, prompt, tuple(frames.shape[1:3]),
                        box_threshold=options.box_threshold, text_threshold=options.text_threshold,
                        max_boxes=options.max_boxes)
 
 
-def _segment_chunk(segmenter, frames, detections) -> torch.Tensor:
+def _segment_chunk(segmenter, frames, detections, options) -> torch.Tensor:
     height, width = frames.shape[1:3]
     masks = torch.zeros(frames.shape[0], height, width)
     todo = [i for i, d in enumerate(detections) if len(d)]
     if not todo:
         return masks
-    embeddings, resized = segment.image_embeddings(segmenter.model, frames[todo])
+    embeddings, resized = segment.image_embeddings(segmenter.model, frames[todo], preprocessing=options.preprocessing)
     for row, index in enumerate(todo):
         per_box = segment.masks_from_boxes(segmenter.model, embeddings[row:row + 1], detections[index].boxes,
                                            (height, width), resized)
@@ -163,7 +166,7 @@ def masks_from_text(frames, text: str, detector, segmenter=None, options: MaskOp
             if options.box_mode:
                 masks = torch.stack([morphology.box_masks(d.boxes, height, width) for d in detections])
             else:
-                masks = _segment_chunk(segmenter, chunk, detections)
+                masks = _segment_chunk(segmenter, chunk, detections, options)
             result.masks[start:start + chunk.shape[0]] = masks
             for i, d in enumerate(detections):
                 result.boxes.append(d.boxes)
