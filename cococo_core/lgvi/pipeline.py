@@ -22,6 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .. import validation
 from ..hooks import check_cancelled, report
 from ..windows import blend_windows, plan_windows
 from .guidance import DEFAULT_IMAGE_GUIDANCE, DEFAULT_TEXT_GUIDANCE, combine_guidance, guidance_enabled
@@ -128,6 +129,10 @@ class LGVIPipeline:
         """Remove what ``text`` (LGVI) or ``context`` (LGVI-I, (1, L, D)) refers to from ``frames``
         ((F, H, W, 3) in [0, 1]). ``size`` = (width, height) to work at; default: the input size
         rounded to multiples of 8. ``callback(step, total, latents)``, ``cancel() -> bool``."""
+        num_inference_steps = validation.steps(num_inference_steps, "num_inference_steps")
+        seed = validation.whole(seed, "seed", 0, validation.SEED_MAX)
+        validation.finite(guidance_scale, "guidance_scale")
+        validation.finite(image_guidance_scale, "image_guidance_scale")
         context, negative = self._contexts(text, context, negative_context)
         video = as_frames(frames)
         num_frames, in_height, in_width = video.shape[:3]

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 
 import torch
 
+from .. import validation
 from ..hooks import CancelCheck, StepCallback, check_cancelled
 from .conditioning import decode_latents, encode_images, latent_mask, masked_image, module_device_dtype
 from .conditioning import vae_tiling as tiled_vae
-from .ddim import ddim_schedule
+from .ddim import NUM_TRAIN_TIMESTEPS
 from ..masks.morphology import grow
 from .frames import as_mask, as_video, from_working, plan_geometry, to_working, video_to_float
 from .paste import paste_back as paste_original
@@ -122,7 +122,7 @@ class CoCoCoPipeline:
         ``callback(step, total, latents)`` runs after each denoising step; ``cancel()`` is polled throughout.
         An empty mask returns the input as it is, without running any model.
         """
-        _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, output, posterior,
+        _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, output, posterior,
                        mask_dilate=mask_dilate, paste_dilate=paste_dilate, paste_feather=paste_feather)
         original = as_video(video)
         num_frames, in_h, in_w, _ = original.shape
@@ -157,19 +157,18 @@ class CoCoCoPipeline:
         return paste_original(_convert(original, output), result, weights)
 
 
-def _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, output, posterior, **pixels):
+def _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, output, posterior, **pixels):
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if posterior not in POSTERIORS:
         raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise ValueError("prompt and negative_prompt must be strings")
-    ddim_schedule(num_inference_steps)  # raises for a bad step count
-    if not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+    validation.steps(num_inference_steps, "num_inference_steps", NUM_TRAIN_TIMESTEPS)
+    validation.seed(seed)
+    validation.finite(guidance_scale, "guidance_scale")
     for name, value in pixels.items():
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}")
+        validation.whole(value, f"{name} (pixels)")
 
 
 def draw_noise(seed: int | None, num_frames: int, latent_hw: tuple[int, int], *, sample_posterior: bool = True,
