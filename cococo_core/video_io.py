@@ -104,6 +104,25 @@ def _iter_video(path: str) -> tuple[Iterator[np.ndarray], float | None, object]:
     return reader.iter_data(), (float(fps) if fps and math.isfinite(fps) else None), reader
 
 
+def announced_frames(reader) -> int | None:
+    """Frames the container announces (its duration times its frame rate), or None when it does not say."""
+    meta = reader.get_meta_data()
+    duration, fps = meta.get("duration"), meta.get("fps")
+    if not duration or not fps or not math.isfinite(duration) or not math.isfinite(fps):
+        return None
+    return int(round(duration * fps))
+
+
+def _warn_if_truncated(source: str, reader, decoded: int) -> None:
+    """Warn when fewer frames decode than the container announces (a truncated or damaged file)."""
+    announced = announced_frames(reader)
+    if announced is not None and decoded < announced - max(1, announced // 50):
+        logger.warning("%s: the file announces %d frames (%.3g s) but only %d could be decoded; it is truncated or "
+                       "damaged, so frames are missing from the end. Re-encode or download it again, or pass "
+                       "--max-frames to use only the frames that decode", source, announced,
+                       reader.get_meta_data()["duration"], decoded)
+
+
 def _check_selection(stride: int, start: int, max_frames: int | None) -> None:
     if stride < 1:
         raise ValueError(f"frame stride must be >= 1, got {stride}")
@@ -130,11 +149,16 @@ def read_frames(source: str | os.PathLike, *, stride: int = 1, start: int = 0, m
     else:
         iterator, fps, reader = _iter_video(source)
         try:
+            decoded, complete = 0, True
             for index, frame in enumerate(iterator):
                 if max_frames is not None and len(frames) >= max_frames:
+                    complete = False
                     break
+                decoded = index + 1
                 if _picked(index, start, stride):
                     frames.append(_rgb(np.asarray(frame)))
+            if complete and reader is not None:
+                _warn_if_truncated(source, reader, decoded)
         finally:
             if reader is not None:
                 reader.close()
