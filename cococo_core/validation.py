@@ -49,9 +49,10 @@ def unit_range(values: torch.Tensor, name: str) -> torch.Tensor:
     low, high = values.min().item(), values.max().item()
     if low >= 0 and high <= 1:
         return values
-    if low >= -OVERSHOOT and high <= 1 + OVERSHOOT:
+    tolerance = OVERSHOOT + torch.finfo(values.dtype).eps  # 1 + 1e-3 itself rounds up in float32
+    if low >= -tolerance and high <= 1 + tolerance:
         return values.clamp(0, 1)
-    if low >= 0 and high <= 255:
+    if low >= 0 and 2 < high <= 255:
         raise ValueError(f"{name} holds float values up to {high:.4g}: it looks like 0..255 pixel values, but float "
                          "input must lie in [0, 1]; divide by 255 (or pass uint8)")
     raise ValueError(f"{name} values must lie in [0, 1] for float input, found [{low:.4g}, {high:.4g}]; rescale "

@@ -221,3 +221,23 @@ def test_merge_and_convert_refuse_to_overwrite_an_input(tmp_path, capsys):
     from cococo_core import output_files
 
     assert output_files.check_output(tmp_path / "new.safetensors", inputs=[model]) == tmp_path / "new.safetensors"
+
+
+def test_save_nodes_refuse_sub_folders_linked_out_of_output(tmp_path):
+    from nodes import comfy_adapter as adapter
+    from workflow_executor import fake_comfyui
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    with fake_comfyui(tmp_path):
+        output = adapter.output_directory()
+        output.mkdir(parents=True, exist_ok=True)
+        os.symlink(outside, output / "escape")
+        with pytest.raises(ValueError, match="outside the output folder"):
+            adapter.output_path("escape/merged", ".safetensors")
+        (output / "inside").mkdir()
+        os.symlink(output / "inside", output / "alias")  # a link that stays inside is fine
+        assert adapter.output_path("alias/merged", ".safetensors").name == "merged_00001_.safetensors"
+        os.symlink(outside / "target.safetensors", output / "dangling_00001_.safetensors")
+        assert adapter.output_path("dangling", ".safetensors").name == "dangling_00002_.safetensors"
+    assert list(outside.iterdir()) == []
