@@ -74,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--prompt", required=True, help="what should fill the masked region")
     sampling.add_argument("--negative-prompt", default="", help='what to steer away from (default "")')
+    sampling.add_argument("--long-prompt", choices=["truncate", "chunks"], default="truncate",
+                          help="prompts over 77 tokens: truncate (default, as the official code; the dropped words "
+                               "are printed) or chunks (75-token chunks encoded separately and concatenated, as "
+                               "ComfyUI and A1111 do)")
     sampling.add_argument("--steps", type=steps, default=50, help="DDIM steps, 1 to 1000 (default 50)")
     sampling.add_argument("--guidance", type=finite, default=14.0,
                           help="classifier-free guidance scale (default 14 as the official demo; <= 1 disables it)")
@@ -152,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                       posterior=args.posterior, split_cfg=args.split_cfg, mask_dilate=args.mask_dilate,
                       paste_back=not args.no_paste_back, paste_dilate=args.paste_dilate,
                       paste_feather=args.paste_feather, vae_tiling=tiling, output="uint8",
+                      long_prompts=args.long_prompt,
                       callback=lambda step, total, latents: bar.update(step - bar.n))
     done = time.perf_counter()
     write_video(args.out, frames, fps, crf=args.crf, overwrite=args.overwrite, inputs=inputs)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .. import validation
 from ..hooks import check_cancelled, report
+from ..pipeline.text import warn_truncated
 from ..windows import blend_windows, plan_windows
 from .guidance import DEFAULT_IMAGE_GUIDANCE, DEFAULT_TEXT_GUIDANCE, combine_guidance, guidance_enabled
 from .scheduler import load_scheduler
@@ -100,6 +101,7 @@ class LGVIPipeline:
         """CLIP last hidden state of ``text`` padded to the tokenizer's 77 tokens: (1, 77, D)."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline was loaded without a text encoder; pass context= (LGVI-I) or load with text_encoder=True")
+        warn_truncated(self.tokenizer, [text], self.tokenizer.model_max_length)
         ids = self.tokenizer(
             text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
