@@ -18,8 +18,8 @@ LONG = " ".join(WORDS)
 
 @pytest.fixture(scope="module")
 def text_model():
-    _, text_encoder, tokenizer, _ = tiny_parts()
-    return tokenizer, text_encoder.to(torch.float64)
+    _, text_encoder, tokenizer, _ = tiny_parts(dtype=torch.float64)
+    return tokenizer, text_encoder
 
 
 def test_the_tiny_vocabulary_gives_one_token_per_word(text_model):
