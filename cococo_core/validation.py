@@ -69,7 +69,7 @@ def frames(value, name: str = "video", *, min_side: int = 1, drop_alpha: bool = 
     if single_image and tensor.dim() == 3 and tensor.shape[-1] in channels:
         tensor = tensor[None]
     if tensor.dim() != 4 or tensor.shape[-1] not in channels:
-        raise ValueError(f"{name} must have shape (frames, height, width, 3) RGB, got {tuple(tensor.shape)}")
+        raise ValueError(f"{name} must be shaped (frames, height, width, 3) RGB, got {tuple(tensor.shape)}")
     tensor = tensor[..., :3]
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} has zero frames")
