@@ -2,8 +2,8 @@
 
 Rules, the same for every command and node that writes:
 
-* an output that resolves to one of the inputs (same path, a link to it, a hard link, or a PNG folder that
-  holds an input) is refused, even when overwriting is allowed: writing there would destroy the input;
+* an output that resolves to one of the inputs (same path, a link to it, a hard link, or a PNG folder whose
+  frame files are inputs) is refused, even when overwriting is allowed: writing there would destroy the input;
 * an existing output file is replaced only when the caller allows it (``--overwrite``);
 * everything is first written under a temporary name in the target folder (same file system, so the
   final rename is atomic), checked by re-opening it (the caller's ``verify``), and only then renamed to
@@ -48,14 +48,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_inputs(path, inputs: Iterable, *, folder: bool = False, what: str = "the output") -> None:
-    """Raise when ``path`` resolves to one of ``inputs`` (or, for a ``folder`` output, holds one)."""
+def refuse_inputs(path, inputs: Iterable, *, owned: re.Pattern | None = None, what: str = "the output") -> None:
+    """Raise when ``path`` resolves to one of ``inputs``, or, for a folder output whose files match ``owned``,
+    when one of its files that a write would replace is an input."""
     target = Path(path).resolve()
     for source in inputs:
         if source is None:
             continue
         for location in _input_locations(source):
-            if _same_file(target, location) or (folder and target in location.parents):
+            replaced = owned is not None and location.parent == target and owned.fullmatch(location.name)
+            if _same_file(target, location) or replaced:
                 raise ValueError(f"{what} {path} is the input {source}: writing there would destroy it; "
                                  "choose another output path (--overwrite does not allow this)")
 
@@ -68,7 +70,7 @@ def check_output(path, *, inputs: Iterable = (), overwrite: bool = False, folder
                  owned: re.Pattern | None = None, what: str = "the output") -> Path:
     """Raise before any work when ``path`` may not be written (see the module docstring); returns it as a Path."""
     path = Path(path)
-    refuse_inputs(path, inputs, folder=folder, what=what)
+    refuse_inputs(path, inputs, owned=owned if folder else None, what=what)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the output folder {path.parent} of {path} does not exist; create it first")
     if folder:

@@ -63,6 +63,8 @@ def test_outputs_that_are_inputs_are_refused_even_with_overwrite(tmp_path, clip)
         with pytest.raises(ValueError, match="destroy"):
             write_video(out, clip[:1], 8.0, overwrite=True, inputs=[source])
     assert video.read_bytes() == before and read_frames(folder).frames.shape[0] == FRAMES
+    write_video(tmp_path, clip[:1], 8.0, inputs=[video])  # PNG frames beside the input video do not touch it
+    assert video.read_bytes() == before
 
 
 def _write_then_fail(path, frames, fps, crf):
