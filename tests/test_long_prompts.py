@@ -70,3 +70,21 @@ def test_pipeline_runs_with_chunked_prompts_and_uses_the_words_past_77(caplog):
     assert not np.array_equal(chunked.numpy(), other_tail.numpy())  # the words after token 75 matter
     with pytest.raises(ValueError, match="long_prompts"):
         pipe(video, mask, LONG, long_prompts="split", **run)
+
+
+def test_inpaint_command_takes_long_prompt_chunks(tmp_path, caplog):
+    import tiny_models
+    from cococo_core import cli
+    from cococo_core.video_io import read_frames, write_video
+
+    video = write_video(tmp_path / "in.mp4", pan_clip(2, 32, 32), 8.0)
+    mask = write_video(tmp_path / "mask.mp4", np.repeat(moving_disc_mask(2, 32, 32)[..., None], 3, -1), 8.0)
+    common = ["inpaint", "--base", str(tiny_models.sd_folder()), "--motion", str(tiny_models.motion_folder()),
+              "--video", str(video), "--mask", str(mask), "--prompt", LONG, "--steps", "1"]
+    with caplog.at_level(logging.WARNING, logger="cococo_core.pipeline.text"):
+        assert cli.main(common + ["--out", str(tmp_path / "cut.mp4")]) == 0
+    assert "dropped" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cococo_core.pipeline.text"):
+        assert cli.main(common + ["--out", str(tmp_path / "chunks.mp4"), "--long-prompt", "chunks"]) == 0
+    assert "dropped" not in caplog.text and read_frames(tmp_path / "chunks.mp4").frames.shape[0] == 2
