@@ -178,7 +178,8 @@ NO_CUDA = "cuda is available" if torch.cuda.is_available() else ""
     ({"--width": "5"}, "working width must be an integer >= 8"),
     ({"--size-multiple": "12"}, "size_multiple"),
     ({"--context-length": "4", "--context-overlap": "4"}, "--context-overlap"),
-    pytest.param({"--device": "cuda"}, "CUDA is not available", marks=pytest.mark.skipif(bool(NO_CUDA), reason=NO_CUDA)),
+    pytest.param({"--device": "cuda"}, "CUDA is not available",
+                 marks=pytest.mark.skipif(bool(NO_CUDA), reason=NO_CUDA)),
 ])
 def test_inpaint_arguments_are_checked_before_loading(files, no_loading, capsys, changes, message):
     assert _exit_code(_inpaint(files, **changes)) == 2

@@ -109,7 +109,8 @@ class CoCoCoPipeline:
                  context_overlap: int | None = None, posterior: str = "sample", split_cfg: bool = False,
                  mask_dilate: int = 0, paste_back: bool = True, paste_dilate: int = 8, paste_feather: int = 8,
                  vae_tiling: bool | None = None, noise_device: str = "cpu", output: str = "float",
-                 long_prompts: str = "truncate", callback: StepCallback | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
+                 long_prompts: str = "truncate", callback: StepCallback | None = None,
+                 cancel: CancelCheck | None = None) -> torch.Tensor:
         """Inpaint ``video`` (F, H, W, 3; uint8 or float in [0, 1]) where ``mask`` (F, H, W; 1 = fill) is set.
 
         Returns (F, H, W, 3) on the CPU: float32 in [0, 1] (``output="float"``) or uint8 (rounded).
