@@ -1,4 +1,4 @@
-"""Command line: ``python -m cococo_core <command> ...``.
+"""Command line: ``cococo <command> ...`` (installed by ``pip install .``) or ``python -m cococo_core <command> ...``.
 
 Each command lives in its own module ``cococo_core.cli_<command>`` (``-`` written as ``_``)
 exposing ``add_arguments(parser)`` and ``run(args) -> int``; only the chosen one is imported.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 COMMANDS = {
@@ -23,9 +24,16 @@ def _command_module(command: str):
     return importlib.import_module(f".cli_{command.replace('-', '_')}", __package__)
 
 
+def _program_name() -> str:
+    """``cococo`` when run as the installed command, else ``python -m cococo_core``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "cococo" if name.removesuffix(".exe") == "cococo" else "python -m cococo_core"
+
+
 def main(argv: list[str] | None = None) -> int:
+    program = _program_name()
     top = argparse.ArgumentParser(
-        prog="python -m cococo_core",
+        prog=program,
         description="CoCoCo / LGVI video inpainting.",
         epilog="commands:\n" + "\n".join(f"  {name:15s} {text}" for name, text in COMMANDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -36,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     top_args = top.parse_args(argv)
 
     module = _command_module(top_args.command)
-    parser = argparse.ArgumentParser(prog=f"python -m cococo_core {top_args.command}", description=COMMANDS[top_args.command])
+    parser = argparse.ArgumentParser(prog=f"{program} {top_args.command}", description=COMMANDS[top_args.command])
     module.add_arguments(parser)
     args = parser.parse_args(top_args.arguments)
     logging.basicConfig(level=logging.DEBUG if top_args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -45,3 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:  # user errors: one clear line, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a failed write (disk full, no permission): nothing was written under the name
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from . import validation
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -14,6 +17,42 @@ def positive(kind):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
     return parse
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (no nan / inf)."""
+    try:
+        return validation.finite(float(text), "value")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}") from None
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed in [0, 2**64 - 1]."""
+    try:
+        return validation.seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number in [0, {validation.SEED_MAX}], got {text}") from None
+
+
+def steps(text: str) -> int:
+    """An argparse type: a step count in [1, 1000]."""
+    try:
+        return validation.steps(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number in [1, 1000], got {text}") from None
+
+
+def add_overwrite(group) -> None:
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace outputs that exist (an output that is one of the inputs is always refused)")
+
+
+def require_paths(**paths) -> None:
+    """FileNotFoundError naming the option of the first path that does not exist (None: not given)."""
+    for option, path in paths.items():
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"--{option.replace('_', '-')} not found: {path}")
 
 
 def non_negative(text: str) -> int:
@@ -58,6 +97,26 @@ def device_and_dtype(device: str, dtype: str = "auto"):
         resolved = torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"unknown device {device!r}: {error}") from error
+    check_device(resolved)
     if dtype == "auto":
         dtype = "fp32" if resolved.type == "cpu" else "fp16"
     return resolved, getattr(torch, DTYPES[dtype])
+
+
+def check_device(device) -> None:
+    """ValueError in one line when ``device`` is not usable with this torch (a CPU-only build, a missing GPU)."""
+    import torch  # noqa: PLC0415
+
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available (torch {torch.__version__}"
+                             f"{', built without CUDA' if torch.version.cuda is None else ', no GPU found'}); "
+                             "use --device cpu or auto, or install a CUDA build of torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"--device {device}: Apple MPS is not available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")

@@ -34,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
 
     from .models.motion_weights import check_motion_state, read_motion_weights, save_motion_safetensors
     from .models.sd15 import sd15_motion_shapes
+    from .output_files import check_output
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise ValueError(f"--output must end in .safetensors, got {output.name}")
-    if output.exists() and not args.overwrite:
-        raise ValueError(f"{output} exists; pass --overwrite to replace it")
+    check_output(output, inputs=args.input, overwrite=args.overwrite)
     source = args.input[0] if len(args.input) == 1 else args.input
     state = read_motion_weights(source)
     motion_keys = [k for k in state if ".motion_modules." in k]

@@ -13,7 +13,8 @@ import argparse
 import logging
 import time
 
-from .cli_args import DTYPES, add_device_arguments, add_frame_selection, device_and_dtype, non_negative, positive
+from .cli_args import (DTYPES, add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite,
+                       non_negative, positive, require_paths, seed, steps)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="grow the mask by this many pixels before inpainting (default 0; the official demo used 12)")
     files.add_argument("--crf", type=non_negative, metavar="Q",
                        help="video quality, lower is better (default 18 for .mp4, 30 for .webm)")
+    add_overwrite(files)
 
     models = parser.add_argument_group("models")
     models.add_argument("--base", required=True, metavar="PATH",
@@ -72,10 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--prompt", required=True, help="what should fill the masked region")
     sampling.add_argument("--negative-prompt", default="", help='what to steer away from (default "")')
-    sampling.add_argument("--steps", type=positive(int), default=50, help="DDIM steps (default 50)")
-    sampling.add_argument("--guidance", type=float, default=14.0,
+    sampling.add_argument("--long-prompt", choices=["truncate", "chunks"], default="truncate",
+                          help="prompts over 77 tokens: truncate (default, as the official code; the dropped words "
+                               "are printed) or chunks (75-token chunks encoded separately and concatenated, as "
+                               "ComfyUI and A1111 do)")
+    sampling.add_argument("--steps", type=steps, default=50, help="DDIM steps, 1 to 1000 (default 50)")
+    sampling.add_argument("--guidance", type=finite, default=14.0,
                           help="classifier-free guidance scale (default 14 as the official demo; <= 1 disables it)")
-    sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0; same seed, same video)")
+    sampling.add_argument("--seed", type=seed, default=0, help="random seed (default 0; same seed, same video)")
     sampling.add_argument("--posterior", choices=["sample", "mean"], default="sample",
                           help="VAE latents of the masked frames: a posterior sample as upstream, or the mean")
     sampling.add_argument("--split-cfg", action="store_true",
@@ -110,10 +116,19 @@ def run(args: argparse.Namespace) -> int:
 
     from .attention import attention_backend  # noqa: PLC0415
     from .pipeline import CoCoCoPipeline  # noqa: PLC0415
+    from .pipeline.frames import plan_geometry  # noqa: PLC0415
     from .video_io import check_output, read_frames, read_mask, write_video  # noqa: PLC0415
 
+    # every argument and path is checked before a model loads
+    device, dtype = device_and_dtype(args.device, args.dtype)
+    require_paths(base=args.base, motion=args.motion, tokenizer=args.tokenizer)
+    inputs = (args.video, args.mask, args.base, args.motion, args.tokenizer)
+    check_output(args.out, args.fps or DEFAULT_FPS, overwrite=args.overwrite, inputs=inputs)
+    if args.context_length is not None and args.context_overlap is not None \
+            and args.context_overlap >= args.context_length:
+        raise ValueError(f"--context-overlap ({args.context_overlap}) must be smaller than --context-length "
+                         f"({args.context_length})")
     selection = dict(start=args.start, stride=args.stride, max_frames=args.max_frames)
-    check_output(args.out, args.fps or DEFAULT_FPS)
     clip = read_frames(args.video, **selection)
     mask = read_mask(args.mask, threshold=args.mask_threshold, **selection)
     if mask.shape[0] not in (1, clip.frames.shape[0]):
@@ -122,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
     if mask.shape[1:] != clip.frames.shape[1:3]:
         raise ValueError(f"mask frames are {mask.shape[2]}x{mask.shape[1]} but video frames are "
                          f"{clip.frames.shape[2]}x{clip.frames.shape[1]}")
+    plan_geometry(*clip.frames.shape[1:3], work_width=args.width, work_height=args.height,
+                  size_multiple=args.size_multiple)
     fps = args.fps or clip.fps or DEFAULT_FPS
-    device, dtype = device_and_dtype(args.device, args.dtype)
     vae_dtype = getattr(torch, DTYPES[args.vae_dtype]) if args.vae_dtype else None
     logger.info("%d frames of %dx%d at %.3g fps; loading models on %s (%s)", clip.frames.shape[0],
                 clip.frames.shape[2], clip.frames.shape[1], fps, device, str(dtype).removeprefix("torch."))
@@ -140,9 +156,10 @@ def run(args: argparse.Namespace) -> int:
                       posterior=args.posterior, split_cfg=args.split_cfg, mask_dilate=args.mask_dilate,
                       paste_back=not args.no_paste_back, paste_dilate=args.paste_dilate,
                       paste_feather=args.paste_feather, vae_tiling=tiling, output="uint8",
+                      long_prompts=args.long_prompt,
                       callback=lambda step, total, latents: bar.update(step - bar.n))
     done = time.perf_counter()
-    write_video(args.out, frames, fps, crf=args.crf)
+    write_video(args.out, frames, fps, crf=args.crf, overwrite=args.overwrite, inputs=inputs)
     logger.info("wrote %s (%d frames, %.3g fps); loading %.1f s, inpainting %.1f s", args.out, frames.shape[0], fps,
                 loaded - started, done - loaded)
     return 0

@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from .cli_args import add_device_arguments, add_frame_selection, device_and_dtype
+from .cli_args import add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite, require_paths
 
 log = logging.getLogger(__name__)
 DEFAULT_FPS = 8.0  # for image sequences, which carry no frame rate
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--preview", metavar="PATH",
                     help="also write the frames with masks and boxes drawn (folder of PNGs or a video file)")
     add_frame_selection(io, default_fps=DEFAULT_FPS)
+    add_overwrite(io)
     models = parser.add_argument_group("models")
     models.add_argument("--detector", required=True, metavar="PATH",
                         help="GroundingDINO: a Hugging Face folder (e.g. grounding-dino-tiny) or an original "
@@ -48,9 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "sam_vit_{b,l,h}_*.pth checkpoint; not needed with --box-mode")
     add_device_arguments(models, dtype=False)
     masks = parser.add_argument_group("masks")
-    masks.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
+    masks.add_argument("--box-threshold", type=finite, default=DEFAULT_BOX_THRESHOLD,
                        help=f"keep boxes whose best token probability exceeds this (default {DEFAULT_BOX_THRESHOLD})")
-    masks.add_argument("--text-threshold", type=float, default=DEFAULT_TEXT_THRESHOLD,
+    masks.add_argument("--text-threshold", type=finite, default=DEFAULT_TEXT_THRESHOLD,
                        help=f"label a box with the tokens above this probability (default {DEFAULT_TEXT_THRESHOLD})")
     masks.add_argument("--detect-every", type=int, default=defaults.detect_every, metavar="K",
                        help="detect on every K-th frame only; frames between reuse the last boxes (default 1)")
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from .masks.loading import load_detector, load_segmenter
     from .masks.preview import draw_preview
     from .masks.text_masks import MaskOptions, masks_from_text
+    from .output_files import check_distinct
     from .video_io import check_output, read_frames, write_video
 
     options = MaskOptions(
@@ -94,13 +96,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--segmenter is required (a SAM folder or sam_vit_*.pth) unless --box-mode is given")
     if not Path(args.video).exists() and not any(ch in str(args.video) for ch in "*?["):
         raise FileNotFoundError(f"--video not found: {args.video}")
+    # every argument and path is checked before a model loads
+    device, _ = device_and_dtype(args.device)
+    require_paths(detector=args.detector, bert=args.bert, detector_config=args.detector_config,
+                  segmenter=None if args.box_mode else args.segmenter)
+    inputs = (args.video, args.detector, args.bert, args.detector_config, args.segmenter)
+    check_distinct([args.out, args.preview])
+    outputs = dict(overwrite=args.overwrite, inputs=inputs)
+    check_output(args.out, args.fps or DEFAULT_FPS, **outputs)
+    if args.preview:
+        check_output(args.preview, args.fps or DEFAULT_FPS, **outputs)
     clip = read_frames(args.video, start=args.start, stride=args.stride, max_frames=args.max_frames)
     fps = args.fps or clip.fps or DEFAULT_FPS
-    check_output(args.out, fps)
-    if args.preview:
-        check_output(args.preview, fps)
     frames = torch.from_numpy(clip.frames)
-    device, _ = device_and_dtype(args.device)
     detector = load_detector(args.detector, bert=args.bert, config=args.detector_config, device=device)
     segmenter = None if args.box_mode else load_segmenter(args.segmenter, device=device)
     log.info("detector %s, segmenter %s, %d frames %dx%d", detector.variant,
@@ -111,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("masks: %d/%d frames (%.1f s)", done, total, time.perf_counter() - started)
 
     result = masks_from_text(frames, args.text, detector, segmenter, options, callback=progress)
-    write_video(args.out, result.masks[..., None].expand(-1, -1, -1, 3), fps)
+    write_video(args.out, result.masks[..., None].expand(-1, -1, -1, 3), fps, **outputs)
     if args.preview:
-        write_video(args.preview, draw_preview(frames, result), fps)
+        write_video(args.preview, draw_preview(frames, result), fps, **outputs)
     empty = sum(1 for boxes in result.boxes if boxes.shape[0] == 0)
     print(f"wrote {args.out}: {frames.shape[0]} masks, {empty} frames without a detection, "
           f"mean coverage {float(result.masks.mean()):.3f}")

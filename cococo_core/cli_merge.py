@@ -8,6 +8,7 @@ import argparse
 import sys
 import time
 
+from .cli_args import finite, require_paths
 from .personalize import LoraSpec, MergeRecipe, save_merged
 
 _DTYPES = {"same": None, "fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -27,13 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="personalized SD-1.5 text-to-image checkpoint (DreamBooth / Civitai fine-tune) giving tau_p")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                         help="LoRA / LoCon / LoHa / LoKr / DoRA / diffusers / PEFT file, optional strength (default 1); repeatable")
-    parser.add_argument("--alpha", type=float, default=1.0,
+    parser.add_argument("--alpha", type=finite, default=1.0,
                         help="weight of the inpainting task vector (default 1.0; paper: 0.5-1.5)")
-    parser.add_argument("--beta", type=float, default=1.0,
+    parser.add_argument("--beta", type=finite, default=1.0,
                         help="weight of the personalization task vector (default 1.0; paper: 1-2)")
-    parser.add_argument("--beta-unet", type=float, metavar="B", help="beta for the U-Net only (default: --beta)")
-    parser.add_argument("--beta-text", type=float, metavar="B", help="beta for the text encoder only (default: --beta)")
-    parser.add_argument("--beta-vae", type=float, metavar="B",
+    parser.add_argument("--beta-unet", type=finite, metavar="B", help="beta for the U-Net only (default: --beta)")
+    parser.add_argument("--beta-text", type=finite, metavar="B", help="beta for the text encoder only (default: --beta)")
+    parser.add_argument("--beta-vae", type=finite, metavar="B",
                         help="beta for the VAE only (default: --beta); used only if the personalized file has a VAE")
     parser.add_argument("--ema", action="store_true", help="use the personalized file's EMA U-Net weights (model_ema.*) if present")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="same",
@@ -64,15 +65,17 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     import torch
 
-    if os.path.exists(args.out) and not args.overwrite:
-        raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
+    from .output_files import check_output
+
+    loras = [LoraSpec.parse(text) for text in args.lora]
+    inputs = [args.base, args.inpaint, args.personal, *(spec.source for spec in loras)]
+    require_paths(base=args.base, inpaint=args.inpaint, personal=args.personal)
+    check_output(args.out, inputs=inputs, overwrite=args.overwrite)
     recipe = MergeRecipe(
         inpaint=args.inpaint, base=args.base, personal=args.personal,
-        loras=[LoraSpec.parse(text) for text in args.lora], alpha=args.alpha, beta=args.beta,
+        loras=loras, alpha=args.alpha, beta=args.beta,
         beta_unet=args.beta_unet, beta_text=args.beta_text, beta_vae=args.beta_vae, use_ema=args.ema)
     dtype = _DTYPES[args.dtype]
     report = save_merged(recipe, args.out, dtype=getattr(torch, dtype) if dtype else None,

@@ -19,7 +19,8 @@ import os
 import time
 from pathlib import Path
 
-from .cli_args import add_device_arguments, add_frame_selection, device_and_dtype, non_negative, positive
+from .cli_args import (add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite, non_negative,
+                       positive, require_paths, seed, steps)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     files.add_argument("--mask-out", metavar="PATH",
                        help="also write the predicted removal mask (white = removed) as a video / PNG folder")
     files.add_argument("--reply-out", metavar="PATH", help="LGVI-I: also write the chat replies to this text file")
+    add_overwrite(files)
     add_frame_selection(files, default_fps=DEFAULT_FPS,
                         max_frames_help="use at most N frames (default: all; the official scripts took the first 24)")
 
@@ -67,16 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--follow-up", action="append", default=[], metavar="TEXT",
                           help="LGVI-I: a follow-up request in the same conversation (repeatable); each turn "
                                "gives its own video")
-    sampling.add_argument("--steps", type=positive(int), default=50, help="scheduler steps (default 50)")
-    sampling.add_argument("--guidance", type=float, default=3.0, help="text guidance scale (default 3.0)")
-    sampling.add_argument("--image-guidance", type=float, default=1.5,
+    sampling.add_argument("--steps", type=steps, default=50, help="scheduler steps, 1 to 1000 (default 50)")
+    sampling.add_argument("--guidance", type=finite, default=3.0, help="text guidance scale (default 3.0)")
+    sampling.add_argument("--image-guidance", type=finite, default=1.5,
                           help="video guidance scale (default 1.5; guidance is off unless text > 1 and video >= 1)")
-    sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sampling.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     sampling.add_argument("--negative-text", default=None,
                           help='LGVI: text for the unconditional side of guidance (default "", as upstream)')
-    sampling.add_argument("--eta", type=float, default=0.0,
+    sampling.add_argument("--eta", type=finite, default=0.0,
                           help="DDIM eta, used when the checkpoint's scheduler is DDIM (default 0 = deterministic)")
-    sampling.add_argument("--temperature", type=float, default=0.2, help="LGVI-I chat sampling temperature (default 0.2)")
+    sampling.add_argument("--temperature", type=finite, default=0.2, help="LGVI-I chat sampling temperature (default 0.2)")
     sampling.add_argument("--max-new-tokens", type=positive(int), default=1024,
                           help="LGVI-I: longest chat reply in tokens (default 1024)")
     sampling.add_argument("--window", type=positive(int), default=24, metavar="FRAMES",
@@ -107,24 +109,40 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from .attention import attention_backend  # noqa: PLC0415
+    from .lgvi.video_tensor import work_size  # noqa: PLC0415
+    from .output_files import check_distinct, staged_file  # noqa: PLC0415
+    from .output_files import check_output as check_file  # noqa: PLC0415
     from .video_io import check_output, read_frames, write_video  # noqa: PLC0415
 
+    # every argument and path is checked before a model loads
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"--model folder not found: {args.model}")
     if args.negative_text is not None and args.chat:
         raise ValueError("--negative-text is for LGVI's CLIP text; LGVI-I's negative is zeros, as upstream")
     if args.follow_up and not args.chat:
         raise ValueError("--follow-up needs the chat model (--chat); LGVI takes one referring expression")
+    require_paths(chat=args.chat, clip_vision=args.clip_vision, llava_weights=args.llava_weights)
+    if args.overlap >= args.window:
+        raise ValueError(f"--overlap ({args.overlap}) must be smaller than --window ({args.window})")
+    if not args.native_size:
+        work_size(8, 8, (args.width, args.height))  # multiples of 8
+    device, dtype = device_and_dtype(args.device, args.dtype)
     if not args.chat and os.path.isdir(os.path.join(args.model, "llava")):
         logger.warning("%s looks like LGVI-I (it has llava/); without --chat its U-Net gets CLIP text conditioning, "
                        "which it was not trained with. Give --chat LLAVA_FOLDER for LGVI-I", args.model)
     requests = [args.text, *args.follow_up]
-    check_output(args.out, args.fps or DEFAULT_FPS)
-    if args.mask_out:
-        check_output(args.mask_out, args.fps or DEFAULT_FPS)
+    inputs = (args.video, args.model, args.chat, args.clip_vision, args.llava_weights)
+    outputs = dict(overwrite=args.overwrite, inputs=inputs)
+    turns = len(requests)
+    videos = [_turn_path(args.out, turn, turns) for turn in range(1, turns + 1)]
+    masks = [_turn_path(args.mask_out, turn, turns) for turn in range(1, turns + 1)] if args.mask_out else []
+    check_distinct([*videos, *masks, args.reply_out])
+    for path in videos + masks:
+        check_output(path, args.fps or DEFAULT_FPS, **outputs)
+    if args.reply_out:
+        check_file(args.reply_out, what="--reply-out", **outputs)
     clip = read_frames(args.video, start=args.start, stride=args.stride, max_frames=args.max_frames)
     fps = args.fps or clip.fps or DEFAULT_FPS
-    device, dtype = device_and_dtype(args.device, args.dtype)
     frames = torch.from_numpy(clip.frames)
     options = dict(
         num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
@@ -141,13 +159,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             results = [_run_referring(args, frames, device, dtype, options, tqdm)]
     for turn, (video, mask) in enumerate(results, start=1):
-        out = write_video(_turn_path(args.out, turn, len(results)), video, fps)
+        out = write_video(_turn_path(args.out, turn, len(results)), video, fps, **outputs)
         logger.info("wrote %s", out)
         if args.mask_out and mask is not None:
-            write_video(_turn_path(args.mask_out, turn, len(results)), mask[..., None].expand(*mask.shape, 3), fps)
+            write_video(_turn_path(args.mask_out, turn, len(results)), mask[..., None].expand(*mask.shape, 3), fps,
+                        **outputs)
     if args.reply_out and replies:
-        Path(args.reply_out).write_text("\n\n".join(replies) + "\n", encoding="utf-8")
+        text = "\n\n".join(replies) + "\n"
+        check_file(args.reply_out, what="--reply-out", **outputs)
+        with staged_file(args.reply_out, lambda written: _same_text(written, text)) as temporary:
+            temporary.write_text(text, encoding="utf-8")
     return 0
+
+
+def _same_text(path: Path, text: str) -> None:
+    if path.read_text(encoding="utf-8") != text:
+        raise ValueError("the text file reads back different")
 
 
 def _progress(tqdm, steps, desc):

@@ -29,6 +29,9 @@ from typing import Iterator
 
 import numpy as np
 
+from . import output_files
+from .output_files import owned_files, staged_file, staged_folder
+
 logger = logging.getLogger(__name__)
 
 FFMPEG_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
@@ -101,6 +104,25 @@ def _iter_video(path: str) -> tuple[Iterator[np.ndarray], float | None, object]:
     return reader.iter_data(), (float(fps) if fps and math.isfinite(fps) else None), reader
 
 
+def announced_frames(reader) -> int | None:
+    """Frames the container announces (its duration times its frame rate), or None when it does not say."""
+    meta = reader.get_meta_data()
+    duration, fps = meta.get("duration"), meta.get("fps")
+    if not duration or not fps or not math.isfinite(duration) or not math.isfinite(fps):
+        return None
+    return int(round(duration * fps))
+
+
+def _warn_if_truncated(source: str, reader, decoded: int) -> None:
+    """Warn when fewer frames decode than the container announces (a truncated or damaged file)."""
+    announced = announced_frames(reader)
+    if announced is not None and decoded < announced - max(1, announced // 50):
+        logger.warning("%s: the file announces %d frames (%.3g s) but only %d could be decoded; it is truncated or "
+                       "damaged, so frames are missing from the end. Re-encode or download it again, or pass "
+                       "--max-frames to use only the frames that decode", source, announced,
+                       reader.get_meta_data()["duration"], decoded)
+
+
 def _check_selection(stride: int, start: int, max_frames: int | None) -> None:
     if stride < 1:
         raise ValueError(f"frame stride must be >= 1, got {stride}")
@@ -127,11 +149,16 @@ def read_frames(source: str | os.PathLike, *, stride: int = 1, start: int = 0, m
     else:
         iterator, fps, reader = _iter_video(source)
         try:
+            decoded, complete = 0, True
             for index, frame in enumerate(iterator):
                 if max_frames is not None and len(frames) >= max_frames:
+                    complete = False
                     break
+                decoded = index + 1
                 if _picked(index, start, stride):
                     frames.append(_rgb(np.asarray(frame)))
+            if complete and reader is not None:
+                _warn_if_truncated(source, reader, decoded)
         finally:
             if reader is not None:
                 reader.close()
@@ -157,40 +184,98 @@ def read_mask(source: str | os.PathLike, *, stride: int = 1, start: int = 0, max
     return (luma >= threshold).astype(np.float32)
 
 
-def write_video(path: str | os.PathLike, frames, fps: float = 12.0, *, crf: int | None = None) -> Path:
+FRAME_FILE = re.compile(r"frame_\d{5,}\.png")  # the files a PNG-folder output is made of
+
+
+def write_video(path: str | os.PathLike, frames, fps: float = 12.0, *, crf: int | None = None,
+                overwrite: bool = False, inputs=()) -> Path:
     """Write (F, H, W, 3) uint8 (or float in [0, 1]) frames; the format follows the suffix (module docstring).
-    ``crf``: H.264/VP9 constant rate factor (default 18 for H.264, 30 for VP9; lower = better)."""
-    path = check_output(path, fps)
+    ``crf``: H.264/VP9 constant rate factor (default 18 for H.264, 30 for VP9; lower = better).
+
+    Written through :mod:`cococo_core.output_files`: under a temporary name, re-opened and its frames counted,
+    then renamed. An existing output needs ``overwrite``; a path that is one of ``inputs`` is always refused."""
+    path = check_output(path, fps, overwrite=overwrite, inputs=inputs)
     frames = _as_uint8(frames)
     suffix = path.suffix.lower()
-    if suffix in GIF_SUFFIXES:
-        import imageio.v2 as iio  # noqa: PLC0415
+    if suffix == "":
+        with staged_folder(path, FRAME_FILE, lambda folder: _verify_folder(folder, len(frames))) as folder:
+            from PIL import Image  # noqa: PLC0415
 
-        iio.mimsave(path, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
-    elif suffix in FFMPEG_SUFFIXES:
-        _write_ffmpeg(path, frames, fps, crf)
-    elif suffix == "":
-        from PIL import Image  # noqa: PLC0415
+            for index, frame in enumerate(frames):
+                Image.fromarray(frame).save(folder / f"frame_{index:05d}.png")
+        return path
+    with staged_file(path, lambda written: _verify_video(written, len(frames), fps)) as temporary:
+        if suffix in GIF_SUFFIXES:
+            import imageio.v2 as iio  # noqa: PLC0415
 
-        path.mkdir(exist_ok=True)
-        for index, frame in enumerate(frames):
-            Image.fromarray(frame).save(path / f"frame_{index:05d}.png")
+            iio.mimsave(temporary, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+        else:
+            _write_ffmpeg(temporary, frames, fps, crf)
     return path
 
 
-def check_output(path: str | os.PathLike, fps: float = 12.0) -> Path:
-    """Raise before any work if ``write_video(path, ..., fps)`` could not write there."""
+def check_output(path: str | os.PathLike, fps: float = 12.0, *, overwrite: bool = False, inputs=()) -> Path:
+    """Raise before any work if ``write_video(path, ..., fps)`` could not or may not write there."""
     path = Path(path)
     if not (fps > 0 and math.isfinite(fps)):
         raise ValueError(f"fps must be a positive number, got {fps}")
     if path.suffix and path.suffix.lower() not in FFMPEG_SUFFIXES | GIF_SUFFIXES:
         raise ValueError(f"cannot write {path}: use a video suffix ({', '.join(sorted(FFMPEG_SUFFIXES | GIF_SUFFIXES))}) "
                          "or a folder path without a suffix for PNG frames")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"the output folder {path.parent} does not exist")
-    if not path.suffix and path.exists() and not path.is_dir():
-        raise ValueError(f"cannot write PNG frames into {path}: it is a file, not a folder")
-    return path
+    return output_files.check_output(path, inputs=inputs, overwrite=overwrite, folder=not path.suffix,
+                                     owned=FRAME_FILE)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames a written video holds (decoded packets for ffmpeg formats, stored images for GIF)."""
+    path = Path(path)
+    if path.suffix.lower() in GIF_SUFFIXES:
+        return len(_gif_durations(path))
+    import imageio_ffmpeg  # noqa: PLC0415
+
+    try:
+        return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
+    except (RuntimeError, OSError) as error:
+        raise ValueError(f"{path} cannot be read back: {error}") from error
+
+
+def _gif_durations(path: Path) -> list[int]:
+    """The display time (ms) of every image stored in a GIF, each one decoded."""
+    from PIL import Image  # noqa: PLC0415
+
+    durations = []
+    with Image.open(path) as image:
+        for index in range(getattr(image, "n_frames", 1)):
+            image.seek(index)
+            image.load()
+            durations.append(int(image.info.get("duration", 0)))
+    return durations
+
+
+def _verify_video(path: Path, expected: int, fps: float) -> None:
+    if path.suffix.lower() not in GIF_SUFFIXES:
+        found = count_frames(path)
+        if found != expected:
+            raise ValueError(f"wrote {expected} frames but the file reads back {found}")
+        return
+    # Pillow stores identical consecutive frames once with their durations added, and durations are whole
+    # centiseconds: check the total play time instead of the image count
+    per_frame = sum(_gif_durations(path)) / expected
+    low, high = math.floor(100 / fps) * 10, math.ceil(100 / fps) * 10
+    if not low - 0.5 <= per_frame <= high + 0.5:
+        raise ValueError(f"wrote {expected} frames of {1000 / fps:.4g} ms but the GIF plays {per_frame:.4g} ms per "
+                         "frame: frames are missing")
+
+
+def _verify_folder(folder: Path, expected: int) -> None:
+    from PIL import Image  # noqa: PLC0415
+
+    files = owned_files(folder, FRAME_FILE)
+    if len(files) != expected:
+        raise ValueError(f"wrote {expected} frames but the folder holds {len(files)}")
+    for file in files:
+        with Image.open(file) as image:
+            image.verify()
 
 
 def _write_ffmpeg(path: Path, frames: np.ndarray, fps: float, crf: int | None) -> None:

@@ -280,10 +280,15 @@ def output_path(prefix: str, suffix: str) -> Path:
     """A new file ``<output>/<prefix>_00001_<suffix>`` (next free counter); the prefix from a workflow
     may name sub-folders of the output folder but not leave it."""
     relative = _checked_relative_name(prefix)
-    folder = output_directory() / relative.parent
+    root = output_directory()
+    folder = root / relative.parent
     folder.mkdir(parents=True, exist_ok=True)
+    real, real_root = folder.resolve(), root.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ValueError(f"the output sub-folder '{relative.parent}' of {root} is a link to {real}, outside the output "
+                         "folder; save nodes write only inside it. Remove the link or choose another filename_prefix")
     counter = 1
-    while (folder / f"{relative.name}_{counter:05}_{suffix}").exists():
+    while os.path.lexists(folder / f"{relative.name}_{counter:05}_{suffix}"):  # a dangling link counts as taken
         counter += 1
     return folder / f"{relative.name}_{counter:05}_{suffix}"
 
@@ -452,7 +457,22 @@ class ModelCache:
         return dropped
 
 
-MODEL_CACHE = ModelCache(per_slot=int(os.environ.get("COCOCO_CACHE_PER_LOADER", "1")))
+def cache_size_from_environment(name: str = "COCOCO_CACHE_PER_LOADER", default: int = 1) -> int:
+    """Models kept per loader from ``$name``: a whole number >= 1; anything else warns and gives ``default``."""
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        logger.warning("%s=%r is not a whole number >= 1; using %d", name, text, default)
+        return default
+    return value
+
+
+MODEL_CACHE = ModelCache(per_slot=cache_size_from_environment())
 
 
 def _install_unload_hook() -> None:

@@ -63,18 +63,18 @@ def text_input(tooltip: str, default: str = "") -> tuple:
 
 
 def frames_in(images: torch.Tensor) -> torch.Tensor:
-    """IMAGE [F, H, W, C] -> float32 RGB [F, H, W, 3] on the CPU."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"expected an IMAGE batch [frames, height, width, channels], got {getattr(images, 'shape', type(images))}")
-    return images[..., :3].detach().to("cpu", torch.float32)
+    """IMAGE [F, H, W, C] -> float32 RGB [F, H, W, 3] on the CPU, checked by the library's validation layer
+    (NaN refused, overshoots <= 1e-3 clamped, 0..255 floats refused with what to do)."""
+    from cococo_core import validation
+
+    return validation.to_float(validation.frames(images, "images", drop_alpha=True))
 
 
 def mask_in(mask: torch.Tensor) -> torch.Tensor:
-    """MASK [F, H, W] or [H, W] -> float32 [F, H, W] on the CPU (1 = region to fill)."""
-    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
-        raise ValueError(f"expected a MASK [frames, height, width], got {getattr(mask, 'shape', type(mask))}")
-    mask = mask if mask.dim() == 3 else mask[None]
-    return mask.detach().to("cpu", torch.float32)
+    """MASK [F, H, W] or [H, W] -> float32 [F, H, W] in [0, 1] on the CPU (1 = region to fill), checked."""
+    from cococo_core import validation
+
+    return validation.mask(mask, "mask")
 
 
 def frames_out(frames: torch.Tensor) -> torch.Tensor:

@@ -147,7 +147,12 @@ class CoCoCoSampler:
                           "back at the input size."}),
                 "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": "Working height in "
                            "pixels (0: the frames' own)."}),
-            }
+            },
+            "optional": {
+                "long_prompt": (["truncate", "chunks"], {"default": "truncate", "tooltip": "Prompts over 77 tokens: "
+                                "truncate (as the official code; the dropped words are logged) or chunks (75-token "
+                                "chunks encoded separately and concatenated, as ComfyUI and A1111 do)."}),
+            },
         }
 
     SEARCH_ALIASES = ["video inpaint", "inpaint video", "replace object in video", "text-guided video inpainting"]
@@ -160,14 +165,16 @@ class CoCoCoSampler:
                    "at once (or overlapping temporal windows for long videos), then paste-back of the background.")
 
     def sample(self, cococo_pipe, images, mask, prompt, negative_prompt, steps, cfg, seed, context_length,
-               context_overlap, mask_dilate, paste_back, paste_dilate, paste_feather, width, height):
+               context_overlap, mask_dilate, paste_back, paste_dilate, paste_feather, width, height,
+               long_prompt="truncate"):
         with on_execution_device(cococo_pipe.pipeline) as pipe:
             frames = pipe(
                 frames_in(images), mask_in(mask), prompt, negative_prompt, num_inference_steps=steps,
                 guidance_scale=cfg, seed=seed, width=width or None, height=height or None,
                 context_length=context_length or None, context_overlap=None if context_overlap < 0 else context_overlap,
                 mask_dilate=mask_dilate, paste_back=paste_back, paste_dilate=paste_dilate,
-                paste_feather=paste_feather, callback=progress("CoCoCo"), cancel=comfy.interrupt_check(),
+                paste_feather=paste_feather, long_prompts=long_prompt, callback=progress("CoCoCo"),
+                cancel=comfy.interrupt_check(),
             )
         return (frames_out(frames),)
 

@@ -110,13 +110,16 @@ class _PerFrameModel(torch.nn.Module):
         return torch.tanh(self.weight * sample + 0.1 * condition + context.mean()), None
 
 
-def test_windows_equal_plain_when_frames_do_not_interact(pipe, monkeypatch):
-    """For a per-frame model, blended overlapping windows must reproduce the plain prediction."""
-    monkeypatch.setattr(pipe, "unet", _PerFrameModel(pipe.unet))
+def test_windows_equal_plain_when_frames_do_not_interact(monkeypatch):
+    """For a per-frame model, blended overlapping windows must reproduce the plain prediction. In float64: the
+    windows' differently shaped tensors may round differently in float32 on other CPUs; the frames come back as
+    float32, so they may differ by one float32 rounding of values <= 1."""
+    pipe = LGVIPipeline.from_pretrained(tiny.lgvi_folder(8), device="cpu", dtype=torch.float64)
+    monkeypatch.setattr(pipe, "unet", _PerFrameModel(pipe.unet).double())
     video = _video(frames=7, height=32, width=32)
     plain = pipe(video, "remove it", num_inference_steps=2, return_mask=False)
     windowed = pipe(video, "remove it", num_inference_steps=2, window_length=3, window_overlap=1, return_mask=False)
-    torch.testing.assert_close(windowed.frames, plain.frames, rtol=0, atol=1e-5)
+    torch.testing.assert_close(windowed.frames, plain.frames, rtol=0, atol=2**-23)
 
 
 def test_cancel_and_input_errors(pipe):

@@ -15,13 +15,15 @@ import tiny_models
 def tiny_parts(motion: str = "random", dtype: torch.dtype = torch.float32):
     """(vae, text_encoder, tokenizer, video_unet) on tiny random weights; ``motion="identity"`` keeps the
     official zero ``proj_out`` init, so every motion module is the identity and frames are independent.
-    ``dtype=torch.float64`` makes comparisons free of batch-size-dependent float32 rounding."""
+    ``dtype=torch.float64`` makes comparisons free of batch-size-dependent float32 rounding. Cached: copy a part
+    before changing it."""
     from transformers import CLIPTokenizer
 
     from cococo_core.models import VideoUNet, video_unet_from_unet2d
 
     parts = tiny_models.components()
-    parts["unet"].to(dtype)
+    for module in parts.values():
+        module.to(dtype)
     tokenizer = CLIPTokenizer.from_pretrained(str(tiny_models.tokenizer_folder()))
     if motion == "identity":
         unet = VideoUNet(parts["unet"], motion_init="official")
@@ -30,10 +32,12 @@ def tiny_parts(motion: str = "random", dtype: torch.dtype = torch.float32):
     return parts["vae"], parts["text_encoder"], tokenizer, unet.eval()
 
 
-def tiny_pipeline(motion: str = "random", unet=None, **kwargs):
+def tiny_pipeline(motion: str = "random", unet=None, dtype: torch.dtype = torch.float32, **kwargs):
+    """A CoCoCoPipeline on tiny models; ``dtype=torch.float64`` runs every part in float64 (for comparisons of
+    differently shaped computations, whose float32 rounding differs by CPU)."""
     from cococo_core.pipeline import CoCoCoPipeline
 
-    vae, text_encoder, tokenizer, video_unet = tiny_parts(motion)
+    vae, text_encoder, tokenizer, video_unet = tiny_parts(motion, dtype)
     return CoCoCoPipeline(vae, text_encoder, tokenizer, unet if unet is not None else video_unet, **kwargs)
 
 

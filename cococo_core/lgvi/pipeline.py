@@ -26,7 +26,9 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .. import validation
 from ..hooks import check_cancelled, report
+from ..pipeline.text import warn_truncated
 from ..windows import blend_windows, plan_windows
 from .guidance import DEFAULT_IMAGE_GUIDANCE, DEFAULT_TEXT_GUIDANCE, combine_guidance, guidance_enabled
 from .scheduler import load_scheduler
@@ -115,6 +117,7 @@ class LGVIPipeline:
         """CLIP last hidden state of ``text`` padded to the tokenizer's 77 tokens: (prompts, 77, D)."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline was loaded without a text encoder; pass context= (LGVI-I) or load with text_encoder=True")
+        warn_truncated(self.tokenizer, [text] if isinstance(text, str) else list(text), self.tokenizer.model_max_length)
         ids = self.tokenizer(
             text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
@@ -154,6 +157,11 @@ class LGVIPipeline:
         ``init_noise_sigma``; ``eta`` is DDIM's eta (used only by schedulers whose ``step`` takes it).
         ``size`` = (width, height) to work at; default: the input size rounded to multiples of 8.
         ``callback(step, total, latents)``, ``cancel() -> bool``."""
+        num_inference_steps = validation.steps(num_inference_steps, "num_inference_steps")
+        seed = validation.whole(seed, "seed", 0, validation.SEED_MAX)
+        validation.finite(guidance_scale, "guidance_scale")
+        validation.finite(image_guidance_scale, "image_guidance_scale")
+        validation.finite(eta, "eta")
         if num_videos_per_prompt < 1:
             raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
         context, negative = self._contexts(text, context, negative_prompt, negative_context)

@@ -7,25 +7,18 @@ official code bilinearly resizes every frame to 512x320 ignoring the aspect rati
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .. import validation
 
 OFFICIAL_SIZE = (512, 320)  # (width, height)
 
 
 def as_frames(frames) -> torch.Tensor:
-    """(F, H, W, 3) float32 in [0, 1] from a tensor/array (float in [0, 1] or uint8)."""
-    tensor = torch.from_numpy(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
-    if tensor.dim() == 3:
-        tensor = tensor.unsqueeze(0)
-    if tensor.dim() != 4 or tensor.shape[-1] != 3:
-        raise ValueError(f"expected frames shaped (frames, height, width, 3), got {tuple(tensor.shape)}")
-    if tensor.shape[0] < 1:
-        raise ValueError("the video has no frames")
-    if tensor.dtype == torch.uint8:
-        return tensor.float() / 255.0
-    return tensor.float().clamp(0, 1)
+    """(F, H, W, 3) float32 in [0, 1] from a tensor/array (float in [0, 1] or uint8), checked by
+    :func:`cococo_core.validation.frames`."""
+    return validation.to_float(validation.frames(frames, "frames", single_image=True))
 
 
 def work_size(height: int, width: int, size: tuple[int, int] | None) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import validation
 from ..hooks import check_cancelled, report
 from . import detect as dino
 from . import morphology, segment
@@ -70,20 +71,14 @@ class TextMaskResult:
 
 
 def as_frames(frames) -> torch.Tensor:
-    """(F, H, W, 3) tensor (uint8 or float, not copied) from a tensor/array of frames or a single (H, W, 3) image."""
-    x = torch.as_tensor(frames)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[-1] not in (3, 4):
-        raise ValueError(f"frames must be (F, H, W, 3) images, got shape {tuple(x.shape)}")
-    return x[..., :3]
+    """(F, H, W, 3) frames (uint8 kept as uint8, not copied) from a tensor/array of frames or a single (H, W, 3)
+    image, checked by :func:`cococo_core.validation.frames`."""
+    return validation.frames(frames, "frames", drop_alpha=True, single_image=True)
 
 
 def as_float(frames: torch.Tensor) -> torch.Tensor:
-    """Frames as float in [0, 1] (uint8 is divided by 255); done per chunk so a long uint8 clip stays uint8."""
-    if frames.dtype == torch.uint8:
-        return frames.float() / 255.0
-    return frames.float().clamp(0, 1)
+    """Checked frames as float in [0, 1]; done per chunk so a long uint8 clip stays uint8."""
+    return validation.to_float(frames)
 
 
 def _model_device(model) -> tuple[torch.device, torch.dtype]:

@@ -22,6 +22,7 @@ import torch
 
 from ..checkpoints.keys import compare_keys, shapes_of
 from ..checkpoints.safe_load import CheckpointError, load_state_dict
+from ..output_files import staged_file
 from .video_unet import MOTION_MARKER, VideoUNet
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,16 @@ def save_motion_safetensors(state: Mapping[str, torch.Tensor], path: str | os.Pa
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
                for k, v in sorted(state.items())}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt", "content": FORMAT_TAG})
+
+    def verify(written: Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(written), framework="pt") as handle:
+            if len(list(handle.keys())) != len(tensors):
+                raise ValueError(f"wrote {len(tensors)} tensors but the file reads back fewer")
+
+    with staged_file(path, verify) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt", "content": FORMAT_TAG})
     return path
 
 

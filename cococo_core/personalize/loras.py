@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import torch
 
+from .. import validation
 from ..checkpoints.safe_load import load_state_dict, read_metadata
 from .family import context_family
 from .finite import NonFiniteError, is_finite
@@ -45,15 +46,20 @@ class LoraSpec:
     name: Optional[str] = None
     metadata: Optional[Mapping[str, str]] = None
 
+    def __post_init__(self):
+        validation.finite(self.strength, f"the strength of LoRA {self.label()}")
+
     @classmethod
     def parse(cls, text: str) -> "LoraSpec":
         """``FILE`` or ``FILE:STRENGTH`` (the part after the last ``:`` is used only if it is a number)."""
         path, sep, tail = text.rpartition(":")
         if sep and path:
             try:
-                return cls(path, float(tail))
+                strength = float(tail)
             except ValueError:
                 pass
+            else:
+                return cls(path, strength)
         return cls(text, 1.0)
 
     def label(self) -> str:

@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import validation
 from ..checkpoints import ldm_keys
 from ..checkpoints.safe_load import CheckpointError
 from . import family
@@ -59,6 +60,11 @@ class MergeRecipe:
     beta_vae: Optional[float] = None
     use_ema: bool = False
     components: Sequence[str] = MERGED_COMPONENTS
+
+    def __post_init__(self):
+        for name in ("alpha", "beta", "beta_unet", "beta_text", "beta_vae"):
+            if getattr(self, name) is not None:
+                validation.finite(getattr(self, name), name)
 
     def betas(self) -> Dict[str, float]:
         chosen = {"unet": self.beta_unet, "text_encoder": self.beta_text, "vae": self.beta_vae}

@@ -13,77 +13,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .. import validation
 
 LATENT_FACTOR = 8  # VAE downsampling
 
 
-def _as_tensor(value, name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise ValueError(f"{name} must be a numeric array, got an array of Python objects")
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
-
-
-def _check_float_range(values: torch.Tensor, name: str) -> None:
-    if not torch.isfinite(values).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    low, high = values.min().item(), values.max().item()
-    if low < 0 or high > 1:
-        raise ValueError(f"{name} values must lie in [0, 1] for float input, found [{low:.4g}, {high:.4g}]")
-
-
 def as_video(video) -> torch.Tensor:
-    """The video as given (uint8 or float), on the CPU, after checking shape, dtype and values."""
-    frames = _as_tensor(video, "video")
-    if frames.dim() != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"video must have shape (frames, height, width, 3) RGB, got {tuple(frames.shape)}")
-    if frames.shape[0] == 0:
-        raise ValueError("video has zero frames")
-    if frames.shape[1] < LATENT_FACTOR or frames.shape[2] < LATENT_FACTOR:
-        raise ValueError(f"frames must be at least {LATENT_FACTOR}x{LATENT_FACTOR} pixels, got {frames.shape[2]}x{frames.shape[1]}")
-    if frames.dtype == torch.uint8:
-        return frames
-    if not frames.is_floating_point():
-        raise ValueError(f"video must be uint8 (0..255) or float in [0, 1], got dtype {frames.dtype}")
-    _check_float_range(frames, "video")
-    return frames
+    """The video as given (uint8 or float), on the CPU, checked by :func:`cococo_core.validation.frames`."""
+    return validation.frames(video, "video", min_side=LATENT_FACTOR)
 
 
-def video_to_float(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 or float video -> float32 in [0, 1]."""
-    if frames.dtype == torch.uint8:
-        return frames.to(torch.float32) / 255.0
-    return frames.to(torch.float32)
+video_to_float = validation.to_float
 
 
 def as_mask(mask, num_frames: int, height: int, width: int) -> torch.Tensor:
     """float32 (F, H, W) in [0, 1]; a single mask is used for every frame."""
-    values = _as_tensor(mask, "mask")
-    if values.dim() == 4 and values.shape[-1] == 1:
-        values = values[..., 0]
-    if values.dim() == 2:
-        values = values[None]
-    if values.dim() != 3:
-        raise ValueError(f"mask must have shape (frames, height, width), got {tuple(values.shape)}")
+    values = validation.mask(mask, "mask")
     if tuple(values.shape[1:]) != (height, width):
         raise ValueError(f"mask size {values.shape[2]}x{values.shape[1]} does not match the video frame size {width}x{height}")
     if values.shape[0] not in (1, num_frames):
         raise ValueError(f"mask has {values.shape[0]} frames but the video has {num_frames}; give one mask per frame (or a single mask for all)")
-    if values.dtype == torch.bool:
-        values = values.to(torch.float32)
-    elif values.dtype == torch.uint8:
-        values = values.to(torch.float32) / 255.0
-    elif values.is_floating_point():
-        values = values.to(torch.float32)
-        _check_float_range(values, "mask")
-    else:
-        raise ValueError(f"mask must be bool, uint8 (0..255) or float in [0, 1], got dtype {values.dtype}")
     return values.expand(num_frames, height, width).contiguous()
 
 

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 
 import torch
 
+from .. import validation
 from ..hooks import CancelCheck, StepCallback, check_cancelled
 from .conditioning import decode_latents, encode_images, latent_mask, masked_image, module_device_dtype
 from .conditioning import vae_tiling as tiled_vae
-from .ddim import ddim_schedule
+from .ddim import NUM_TRAIN_TIMESTEPS
 from ..masks.morphology import grow
 from .frames import as_mask, as_video, from_working, plan_geometry, to_working, video_to_float
 from .paste import paste_back as paste_original
 from .paste import paste_weights
 from .sampler import denoise
-from .text import encode_prompts
+from .text import LONG_PROMPTS, encode_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,13 @@ class CoCoCoPipeline:
             if self.offload:
                 module.to("cpu")
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "", *, guidance_scale: float = 14.0):
-        """(prompt_embeds, negative_prompt_embeds or None when g <= 1), each (1, 77, hidden)."""
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", *, guidance_scale: float = 14.0,
+                      long_prompts: str = "truncate"):
+        """(prompt_embeds, negative_prompt_embeds or None when g <= 1), each (1, 77, hidden) (77 per chunk with
+        ``long_prompts="chunks"``, see :mod:`cococo_core.pipeline.text`)."""
         prompts = [negative_prompt, prompt] if guidance_scale > 1 else [prompt]
         with self._visiting(self.text_encoder) as text_encoder:
-            embeds = encode_prompts(self.tokenizer, text_encoder, prompts).to(self.device)
+            embeds = encode_prompts(self.tokenizer, text_encoder, prompts, long_prompts).to(self.device)
         return (embeds[1:2], embeds[0:1]) if guidance_scale > 1 else (embeds[0:1], None)
 
     def denoise(self, noise, masked_latents, mask, prompt_embeds, negative_prompt_embeds, num_inference_steps=50,
@@ -107,7 +109,8 @@ class CoCoCoPipeline:
                  context_overlap: int | None = None, posterior: str = "sample", split_cfg: bool = False,
                  mask_dilate: int = 0, paste_back: bool = True, paste_dilate: int = 8, paste_feather: int = 8,
                  vae_tiling: bool | None = None, noise_device: str = "cpu", output: str = "float",
-                 callback: StepCallback | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
+                 long_prompts: str = "truncate", callback: StepCallback | None = None,
+                 cancel: CancelCheck | None = None) -> torch.Tensor:
         """Inpaint ``video`` (F, H, W, 3; uint8 or float in [0, 1]) where ``mask`` (F, H, W; 1 = fill) is set.
 
         Returns (F, H, W, 3) on the CPU: float32 in [0, 1] (``output="float"``) or uint8 (rounded).
@@ -119,11 +122,13 @@ class CoCoCoPipeline:
         ``mask_dilate`` grows the mask by that many pixels before inpainting (the official demo used 12).
         ``paste_back`` returns the original pixels outside the mask grown by ``paste_dilate`` pixels and
         feathered over ``paste_feather`` pixels; ``paste_back=False`` returns the decoded frames as they are.
+        ``long_prompts``: "truncate" (official: 77 tokens, the dropped words are logged) or "chunks" (75-token
+        chunks encoded separately and concatenated, as ComfyUI / A1111).
         ``callback(step, total, latents)`` runs after each denoising step; ``cancel()`` is polled throughout.
         An empty mask returns the input as it is, without running any model.
         """
-        _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, output, posterior,
-                       mask_dilate=mask_dilate, paste_dilate=paste_dilate, paste_feather=paste_feather)
+        _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, output, posterior,
+                       long_prompts, mask_dilate=mask_dilate, paste_dilate=paste_dilate, paste_feather=paste_feather)
         original = as_video(video)
         num_frames, in_h, in_w, _ = original.shape
         holes = as_mask(mask, num_frames, in_h, in_w)
@@ -139,7 +144,8 @@ class CoCoCoPipeline:
         noise, posterior_noise = draw_noise(seed, num_frames, latent_hw, sample_posterior=posterior == "sample",
                                             device=noise_device)
         check_cancelled(cancel)
-        prompt_embeds, negative_embeds = self.encode_prompt(prompt, negative_prompt, guidance_scale=guidance_scale)
+        prompt_embeds, negative_embeds = self.encode_prompt(prompt, negative_prompt, guidance_scale=guidance_scale,
+                                                            long_prompts=long_prompts)
         tiled = vae_tiling if vae_tiling is not None else geometry.padded_hw[0] * geometry.padded_hw[1] > TILE_PIXELS
         with self._visiting(self.vae) as vae, tiled_vae(vae, tiled):
             conditioning = encode_images(vae, masked_image(frames, holes_work), noise=posterior_noise,
@@ -157,19 +163,21 @@ class CoCoCoPipeline:
         return paste_original(_convert(original, output), result, weights)
 
 
-def _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, output, posterior, **pixels):
+def _check_options(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, output, posterior,
+                   long_prompts="truncate", **pixels):
+    if long_prompts not in LONG_PROMPTS:
+        raise ValueError(f"long_prompts must be one of {LONG_PROMPTS}, got {long_prompts!r}")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if posterior not in POSTERIORS:
         raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise ValueError("prompt and negative_prompt must be strings")
-    ddim_schedule(num_inference_steps)  # raises for a bad step count
-    if not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+    validation.steps(num_inference_steps, "num_inference_steps", NUM_TRAIN_TIMESTEPS)
+    validation.seed(seed)
+    validation.finite(guidance_scale, "guidance_scale")
     for name, value in pixels.items():
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a whole number of pixels >= 0, got {value!r}")
+        validation.whole(value, f"{name} (pixels)")
 
 
 def draw_noise(seed: int | None, num_frames: int, latent_hw: tuple[int, int], *, sample_posterior: bool = True,
