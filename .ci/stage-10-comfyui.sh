@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# CI stage: the real-ComfyUI tests (tests/test_comfyui_*.py) in a real ComfyUI server.
+# Builds ComfyUI's venv with ../shared/comfyui-env.sh (in .comfyui-venv/, ignored by git), installs the pack's
+# requirements.txt into it the way ComfyUI-Manager does, and runs the tests with that Python. ../shared is
+# read-only: the server gets a temporary --base-directory (tests/comfyui_server.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+shared=$(cd ../shared && pwd)
+python=$(bash "$shared/comfyui-env.sh" "$PWD/.comfyui-venv" | tail -n 1)
+"$python" -m pip install -q -r requirements.txt
+echo "comfyui venv ready in $((SECONDS - start)) s"
+export COMFYUI_DIR="$shared/comfyui" COMFYUI_PYTHON="$python" CI="${CI:-true}"
+"$python" -m pytest -p no:cacheprovider tests/test_comfyui_*.py
+echo "real-ComfyUI stage done in $((SECONDS - start)) s"
