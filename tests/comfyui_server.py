@@ -181,7 +181,10 @@ class ComfyUIServer:
         prompt_id = self.queue(prompt)
         entry = self.wait(prompt_id, timeout)
         if entry["status"]["status_str"] != "success":
-            raise PromptFailed(f"prompt {prompt_id} ended with {entry['status']}\nlog:\n{self.log()[-4000:]}")
+            errors = [f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
+                      f"{data.get('exception_message')}"
+                      for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+            raise PromptFailed(f"prompt {prompt_id} failed: {errors or entry['status']}\nlog:\n{self.log()[-3000:]}")
         entry["prompt_id"] = prompt_id
         return entry
 

@@ -118,9 +118,8 @@ def fake_comfyui(base: Path, *, unet_dtype=torch.float32):
     (``calls``, ``bars``, ``interrupted``, ``interrupt_at``: progress value that triggers Cancel)."""
     base = Path(base)
     state = {"calls": [], "bars": [], "interrupted": False, "interrupt_at": None, "unet_dtype": unet_dtype}
-    comfy = types.ModuleType("comfy")
+    comfy = types.ModuleType("comfy")  # a namespace package, as ComfyUI's: __path__ but no __file__
     (base / "comfy" / "sd1_tokenizer").mkdir(parents=True, exist_ok=True)
-    comfy.__file__ = str(base / "comfy" / "__init__.py")
     comfy.__path__ = [str(base / "comfy")]
     modules = {
         "folder_paths": _fake_folder_paths(base),
