@@ -29,14 +29,18 @@ def _single_file_base_for_comfyuis_tokenizer(path):
     tiny_models.write_ldm_file(path, state)
 
 
-@pytest.fixture(scope="module")
-def server(comfyui):
-    base = comfyui.base
+def install_tiny_models(base) -> None:
+    """Every tiny model and input file the shipped workflows name, under a ComfyUI base directory."""
     tw.install_test_files(base)
     _single_file_base_for_comfyuis_tokenizer(base / "models" / "checkpoints" / "sd-v1-5-inpainting.safetensors")
     tw._install_mask_models(base)
     tw._install_personal_models(base)
     tw._install_lgvi_models(base)
+
+
+@pytest.fixture(scope="module")
+def server(comfyui):
+    install_tiny_models(comfyui.base)
     return comfyui
 
 

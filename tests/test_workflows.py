@@ -105,6 +105,12 @@ def test_ui_workflow_matches_api_and_node_specs(api_file, tmp_path):
         assert wx.api_to_ui(api, CLASSES) == ui, "regenerate with: python tests/workflow_executor.py"
 
 
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_nodes_do_not_overlap_at_the_sizes_the_frontend_draws(api_file):
+    ui = json.loads((ROOT / "workflows" / api_file.name).read_text())
+    assert not wx.overlapping_nodes(ui)
+
+
 def test_every_pack_node_appears_in_a_workflow():
     used = {node["class_type"] for f in API_FILES for node in json.loads(f.read_text()).values()}
     missing = set(nodes.NODE_CLASS_MAPPINGS) - used - {"CoCoCoReleaseModels", "CoCoCoConvertMotion"}

@@ -470,8 +470,41 @@ def _depths(prompt: dict) -> dict:
     return depth
 
 
+# Node sizes (width, body height) the ComfyUI frontend draws where they exceed the widget estimate, measured in
+# the real frontend with bench/screenshot_workflows.py: loaders of files show a preview and grow once the file
+# loads; output nodes grow to show their result after a run (reserved as large as the video player).
+NODE_WIDTH = 340
+TITLE_HEIGHT = 30  # drawn above ``pos``
+GAP = 50
+DRAWN_SIZES = {
+    "LoadVideo": (340, 414),
+    "LoadImageMask": (431, 318),
+    "LoadImage": (431, 318),
+    "PreviewAny": (340, 122),
+    "SaveVideo": (340, 414),
+    "PreviewImage": (340, 318),
+}
+
+
+def drawn_size(node_type: str, size) -> tuple[float, float]:
+    """The size the frontend draws a node at: its saved ``size``, or larger where a preview grows it."""
+    width, height = DRAWN_SIZES.get(node_type, (0, 0))
+    return max(size[0], width), max(size[1], height)
+
+
+def overlapping_nodes(workflow: dict) -> list[tuple[int, int]]:
+    """Pairs of node ids whose drawn boxes (title bar included) intersect."""
+    boxes = []
+    for node in workflow["nodes"]:
+        width, height = drawn_size(node["type"], node["size"])
+        boxes.append((node["id"], node["pos"][0], node["pos"][1] - TITLE_HEIGHT, width, height + TITLE_HEIGHT))
+    return [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4] and b[2] < a[2] + a[4]]
+
+
 def api_to_ui(prompt: dict, classes: dict) -> dict:
-    """A UI-format workflow (version 0.4) with a simple left-to-right layout by dependency depth."""
+    """A UI-format workflow (version 0.4), laid out left to right by dependency depth, each column as wide as its
+    widest node and its nodes stacked at the sizes the frontend draws them (:data:`DRAWN_SIZES`)."""
     depths = _depths(prompt)
     order = sorted(prompt, key=lambda n: (depths[n], int(n)))
     nodes, links, next_y = [], [], {}
@@ -496,16 +529,23 @@ def api_to_ui(prompt: dict, classes: dict) -> dict:
                   for (name, default), value in zip(widget_slots(node_class), values)]
         multiline = sum(1 for _, (k, o, _) in input_specs(node_class).items() if k == "STRING" and o.get("multiline"))
         height = 46 + 22 * (len(inputs) + len(values) + max(len(outputs) - len(inputs), 0)) + 60 * multiline
+        size = list(drawn_size(node["class_type"], (NODE_WIDTH, height)))
         column = depths[node_id]
         y = next_y.get(column, 80)
-        next_y[column] = y + height + 60
-        ui = {"id": int(node_id), "type": node["class_type"], "pos": [60 + 400 * column, y], "size": [340, height],
+        next_y[column] = y + size[1] + TITLE_HEIGHT + GAP
+        ui = {"id": int(node_id), "type": node["class_type"], "pos": [column, y], "size": size,
               "flags": {}, "order": position, "mode": 0, "inputs": inputs, "outputs": outputs,
               "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values}
         if node.get("_meta", {}).get("title"):
             ui["title"] = node["_meta"]["title"]
         ui_nodes[node_id] = ui
         nodes.append(ui)
+    column_x, x = {}, 60
+    for column in sorted(set(depths.values())):
+        column_x[column] = x
+        x += max(ui["size"][0] for ui in nodes if ui["pos"][0] == column) + GAP
+    for ui in nodes:
+        ui["pos"][0] = column_x[ui["pos"][0]]
     for node_id in order:
         for slot, entry in enumerate(ui_nodes[node_id]["inputs"]):
             value = prompt[node_id]["inputs"].get(entry["name"])
