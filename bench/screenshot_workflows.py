@@ -76,6 +76,8 @@ async def _cdp(port: int, workflows: dict, out: Path, url: str) -> dict:
                 await asyncio.sleep(6)  # previews (video, mask image) load and grow their nodes
                 await evaluate("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click()); "
                                "app.canvas.ds.offset = [0, 40]; app.canvas.ds.scale = 0.6; app.canvas.setDirty(true, true)")
+                for kind in ("mousePressed", "mouseReleased"):  # the templates dialog's close button, if shown
+                    await call("Input.dispatchMouseEvent", type=kind, x=1556, y=132, button="left", clickCount=1)
                 await asyncio.sleep(1)
                 shot = await call("Page.captureScreenshot", format="png")
                 (out / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))

@@ -17,3 +17,21 @@ def test_every_node_is_registered_with_its_inputs(comfyui):
             assert set(info[node_id]["input"].get(category, {})) == set(declared.get(category, {})), node_id
         assert info[node_id]["output"] == list(cls.RETURN_TYPES)
         assert info[node_id]["display_name"] == nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+
+
+def test_status_text_of_output_nodes_is_shown_by_the_packs_frontend_extension(comfyui):
+    """The stock frontend shows ``ui.text`` only on its own preview nodes: the pack serves an extension that
+    shows it on Release Models / Save Checkpoint / Convert Motion, whose text reaches the executed message."""
+    extensions = comfyui.get("/extensions")
+    script = "/extensions/ComfyUI-CoCoCo/cococo_status_text.js"
+    assert script in extensions, extensions
+    import urllib.request
+
+    with urllib.request.urlopen(comfyui.url + script, timeout=30) as response:
+        source = response.read().decode()
+    for node_id in ("CoCoCoReleaseModels", "CoCoCoSaveCheckpoint", "CoCoCoConvertMotion"):
+        assert node_id in source and nodes.NODE_CLASS_MAPPINGS[node_id].OUTPUT_NODE
+    entry = comfyui.run({"1": {"class_type": "CoCoCoReleaseModels", "inputs": {}}})
+    assert entry["outputs"]["1"]["text"][0].startswith("released ")
+    assert any(m["data"]["output"]["text"] == entry["outputs"]["1"]["text"]
+               for m in comfyui.messages(entry["prompt_id"], "executed"))
