@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
-shared=$(cd ../shared && pwd)
+shared=$(cd "${SHARED_DIR:-../shared}" && pwd)  # SHARED_DIR: where ../shared lives outside CI
 python=$(bash "$shared/comfyui-env.sh" "$PWD/.comfyui-venv" | tail -n 1)
 "$python" -m pip install -q -r requirements.txt
 echo "comfyui venv ready in $((SECONDS - start)) s"
