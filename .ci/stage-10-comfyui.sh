@@ -11,5 +11,6 @@ python=$(bash "$shared/comfyui-env.sh" "$PWD/.comfyui-venv" | tail -n 1)
 "$python" -m pip install -q -r requirements.txt
 echo "comfyui venv ready in $((SECONDS - start)) s"
 export COMFYUI_DIR="$shared/comfyui" COMFYUI_PYTHON="$python" CI="${CI:-true}"
-"$python" -m pytest -p no:cacheprovider tests/test_comfyui_*.py
+# the real-server tests, and the adapter tests against ComfyUI's real folder_paths / model_management / utils
+"$python" -m pytest -p no:cacheprovider tests/test_comfyui_*.py tests/test_nodes_adapter.py tests/test_nodes_contract.py
 echo "real-ComfyUI stage done in $((SECONDS - start)) s"

@@ -17,6 +17,7 @@ def test_every_node_is_registered_with_its_inputs(comfyui):
             assert set(info[node_id]["input"].get(category, {})) == set(declared.get(category, {})), node_id
         assert info[node_id]["output"] == list(cls.RETURN_TYPES)
         assert info[node_id]["display_name"] == nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+    assert {"cococo", "grounding-dino", "lgvi", "sams"} <= set(comfyui.get("/models"))  # the pack's model folders
 
 
 def test_status_text_of_output_nodes_is_shown_by_the_packs_frontend_extension(comfyui):
