@@ -28,6 +28,15 @@ import comfyui_server  # noqa: E402
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1800,1100"]
+RUN_IN_BROWSER = {"cococo_inpaint_drawn_mask": 60, "cococo_text_mask_inpaint": 90, "status_text": 10}  # seconds
+# the status text shown by the pack's frontend extension (web/cococo_status_text.js) after a run
+STATUS_TEXT_WORKFLOW = {
+    "last_node_id": 1, "last_link_id": 0, "links": [], "groups": [], "config": {}, "version": 0.4,
+    "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
+    "nodes": [{"id": 1, "type": "CoCoCoReleaseModels", "pos": [300, 200], "size": [340, 80], "flags": {}, "order": 0,
+               "mode": 0, "inputs": [{"name": "after", "type": "*", "link": None}], "outputs": [],
+               "properties": {}, "widgets_values": []}],
+}
 BOUNDS_JS = """JSON.stringify(app.graph._nodes.map(n => ({id: n.id, type: n.type, bounds: Array.from(n.getBounding())})))"""
 
 
@@ -70,10 +79,7 @@ async def _cdp(port: int, workflows: dict, out: Path, url: str) -> dict:
                 if await evaluate("typeof app !== 'undefined' && !!window.app?.graph && !!LiteGraph"):
                     break
             await asyncio.sleep(3)
-            bounds = {}
-            for name, workflow in workflows.items():
-                await evaluate(f"app.loadGraphData({json.dumps(workflow)})")
-                await asyncio.sleep(6)  # previews (video, mask image) load and grow their nodes
+            async def shoot(name):
                 await evaluate("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click()); "
                                "app.canvas.ds.offset = [0, 40]; app.canvas.ds.scale = 0.6; app.canvas.setDirty(true, true)")
                 for kind in ("mousePressed", "mouseReleased"):  # the templates dialog's close button, if shown
@@ -81,7 +87,17 @@ async def _cdp(port: int, workflows: dict, out: Path, url: str) -> dict:
                 await asyncio.sleep(1)
                 shot = await call("Page.captureScreenshot", format="png")
                 (out / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
-                bounds[name] = json.loads(await evaluate(BOUNDS_JS))
+                return json.loads(await evaluate(BOUNDS_JS))
+
+            bounds = {}
+            for name, workflow in workflows.items():
+                await evaluate(f"app.loadGraphData({json.dumps(workflow)})")
+                await asyncio.sleep(6)  # previews (video, mask image) load and grow their nodes
+                bounds[name] = await shoot(name)
+                if name in RUN_IN_BROWSER:  # output nodes grow to show their results
+                    await evaluate("app.queuePrompt(0, 1)")
+                    await asyncio.sleep(RUN_IN_BROWSER[name])
+                    bounds[f"{name} (after a run)"] = await shoot(f"{name}_after_run")
             return bounds
 
 
@@ -101,6 +117,7 @@ def main(out: Path) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     workflows = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "workflows").glob("*.json"))}
+    workflows["status_text"] = STATUS_TEXT_WORKFLOW
     with tempfile.TemporaryDirectory(prefix="comfyui-shots-") as scratch:
         server = comfyui_server.ComfyUIServer(Path(scratch) / "base").start()
         browser = None

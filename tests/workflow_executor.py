@@ -586,7 +586,7 @@ def _depths(prompt: dict) -> dict:
 
 # Node sizes (width, body height) the ComfyUI frontend draws where they exceed the widget estimate, measured in
 # the real frontend with bench/screenshot_workflows.py: loaders of files show a preview and grow once the file
-# loads; output nodes grow to show their result after a run (reserved as large as the video player).
+# loads; output nodes and the samplers (latent preview, square) grow to show their result during and after a run.
 NODE_WIDTH = 340
 TITLE_HEIGHT = 30  # drawn above ``pos``
 GAP = 50
@@ -595,8 +595,11 @@ DRAWN_SIZES = {
     "LoadImageMask": (431, 318),
     "LoadImage": (431, 318),
     "PreviewAny": (340, 122),
-    "SaveVideo": (340, 414),
+    "SaveVideo": (340, 438),
     "PreviewImage": (340, 318),
+    "CoCoCoSampler": (340, 674),  # the widgets' 540 + the preview's 134
+    "CoCoCoLGVIRemove": (340, 504),
+    "CoCoCoLGVIChat": (340, 614),
 }
 
 
