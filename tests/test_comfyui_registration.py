@@ -37,3 +37,25 @@ def test_status_text_of_output_nodes_is_shown_by_the_packs_frontend_extension(co
     comfyui.wait_for(lambda: any(m["data"]["node"] == "1" and (m["data"].get("output") or {}).get("text")
                                  == entry["outputs"]["1"]["text"] for m in comfyui.messages(entry["prompt_id"], "executed")),
                      timeout=30, what=f"the executed message: {comfyui.messages(entry['prompt_id'])}")
+
+
+def _kind(spec) -> str:
+    kind = spec[0]
+    return "COMBO" if isinstance(kind, list) or str(kind).endswith("COMBO") or "COMBO_" in str(kind) else kind
+
+
+def test_core_node_doubles_agree_with_the_real_nodes(comfyui, tmp_path):
+    """The fast tests' doubles of core nodes (workflow_executor.CORE_NODES) declare only inputs the real nodes have,
+    with the same types, and outputs in the real nodes' slot order (API links address outputs by slot)."""
+    import workflow_executor as wx
+
+    info = comfyui.get("/object_info")
+    with wx.fake_comfyui(tmp_path):
+        for name, double in wx.CORE_NODES.items():
+            real = info[name]["input"]
+            real_inputs = {**real.get("required", {}), **real.get("optional", {})}
+            for category, inputs in double.INPUT_TYPES().items():
+                for input_name, spec in inputs.items():
+                    assert input_name in real_inputs, f"{name}.{input_name}: not an input of the real node"
+                    assert _kind(spec) == _kind(real_inputs[input_name]), f"{name}.{input_name}"
+            assert info[name]["output"][:len(double.RETURN_TYPES)] == list(double.RETURN_TYPES), name
