@@ -101,12 +101,14 @@ def test_cancel_stops_within_a_step_and_the_next_run_succeeds(server):
     prompt = _api("cococo_inpaint_drawn_mask.json", steps=200)
     prompt_id = server.queue(prompt)
     server.wait_for(lambda: server.messages(prompt_id, "progress"), what="the first sampling step")
+    seen = max(m["data"]["value"] for m in server.messages(prompt_id, "progress"))
     server.interrupt()
     entry = server.wait(prompt_id)
     assert entry["status"]["status_str"] == "error"
     assert server.messages(prompt_id, "execution_interrupted")
     done = [m["data"]["value"] for m in server.messages(prompt_id, "progress") if m["data"]["node"] == "5"]
-    assert done and max(done) < 20, f"sampling went on after Cancel: {done}"
+    # the step running when Cancel arrived may finish (and messages already on their way arrive): no more
+    assert max(done) <= seen + 3, f"sampling went on after Cancel at step {seen}: {done}"
     server.run(_api("cococo_inpaint_drawn_mask.json"))
 
 
