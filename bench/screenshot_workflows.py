@@ -123,7 +123,7 @@ def main(out: Path) -> int:
         browser = None
         try:
             server_tests.install_tiny_models(server.base)  # the same tiny models as the server tests
-            port = comfyui_server._free_port()
+            port = comfyui_server.free_port()
             browser = subprocess.Popen([shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={scratch}/profile",
                                         f"--remote-debugging-port={port}", "about:blank"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,6 +3,7 @@ config files), so each loader offers only models of its kind. Files that cannot 
 (pickled .ckpt/.pth) stay listed; the loaders' own checks give the clear error for anything that slips through."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -19,14 +20,25 @@ def _json(path: Path) -> dict:
 
 def inpainting_base(path: Path) -> bool:
     """An SD-1.x inpainting base (9-channel U-Net): single file (header read only) or diffusers folder."""
-    from cococo_core.checkpoints.detect import detect_checkpoint, detect_folder
-    from cococo_core.checkpoints.safe_load import CheckpointError
-
     path = Path(path)
     if path.is_file() and path.suffix.lower() not in HEADER_ONLY_SUFFIXES:
         return True  # reading a pickle means loading it: the loader checks it
+    probe = path / "unet" / "config.json" if path.is_dir() else path
     try:
-        info = detect_folder(path) if path.is_dir() else detect_checkpoint(path)
+        stat = probe.stat()
+    except OSError:
+        stat = None
+    return _inpainting_base(str(path), stat and (stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=1024)
+def _inpainting_base(path: str, identity) -> bool:
+    """Cached per file identity (size, mtime): the combo lists are rebuilt on every /object_info request."""
+    from cococo_core.checkpoints.detect import detect_checkpoint, detect_folder
+    from cococo_core.checkpoints.safe_load import CheckpointError
+
+    try:
+        info = detect_folder(path) if Path(path).is_dir() else detect_checkpoint(path)
     except (CheckpointError, OSError, ValueError):
         return True  # unreadable: listed, so that loading it explains what is wrong
     return info.family in ("sd1", "unknown") and info.unet_in_channels in (9, None)

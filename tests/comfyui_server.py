@@ -81,7 +81,8 @@ class PromptFailed(AssertionError):
     """ComfyUI refused a prompt or its execution ended with an error; the message carries ComfyUI's words."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -104,7 +105,7 @@ class ComfyUIServer:
 
     def __init__(self, base: Path, extra_args: tuple[str, ...] = ()):
         self.base = make_base_directory(base)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
         self.extra_args = tuple(extra_args)
