@@ -192,14 +192,15 @@ def _walk_models(base: Path, kind: ModelKind) -> list[str]:
     return found
 
 
-def list_models(key: str) -> list[str]:
-    """Names for a combo widget: weight files and model folders under every folder of ``key``."""
+def list_models(key: str, accept: Callable[[Path], bool] | None = None) -> list[str]:
+    """Names for a combo widget: weight files and model folders under every folder of ``key``; ``accept(path)``,
+    when given, keeps only the models of the kind the widget wants."""
     folders = model_folders(key)
     kind = MODEL_KINDS[key]
     names: set[str] = set()
     for base in folders:
         if base.is_dir():
-            names.update(_walk_models(base, kind))
+            names.update(name for name in _walk_models(base, kind) if accept is None or accept(base / name))
     return sorted(names, key=str.lower)
 
 
@@ -251,7 +252,8 @@ def clip_tokenizer_dir() -> Path | None:
     """A CLIP BPE tokenizer folder for single-file checkpoints: ComfyUI's own ``comfy/sd1_tokenizer``,
     else a ``clip_tokenizer`` folder (vocab.json + merges.txt) in the ``cococo`` model folder."""
     comfy = _optional_module("comfy")
-    candidates = [Path(comfy.__file__).parent / "sd1_tokenizer"] if comfy is not None and getattr(comfy, "__file__", None) else []
+    # ComfyUI's ``comfy`` is a namespace package (no __init__.py, so no __file__): look in its search path
+    candidates = [Path(folder) / "sd1_tokenizer" for folder in getattr(comfy, "__path__", ())]
     candidates += [base / "clip_tokenizer" for base in model_folders("cococo")]
     for folder in candidates:
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():

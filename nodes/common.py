@@ -27,9 +27,9 @@ PACK_TYPES = (COCOCO_PIPE, COCOCO_LORAS, GDINO_MODEL, SAM_MODEL, LGVI_PIPE, LGVI
 SEED_MAX = 0xFFFFFFFFFFFFFFFF  # as core KSampler
 
 
-def model_input(key: str, tooltip: str) -> tuple:
-    """A combo of the models found in the ``key`` folder(s)."""
-    return (comfy.list_models(key), {"tooltip": f"{tooltip} Looked up in models/{key}/."})
+def model_input(key: str, tooltip: str, accept=None) -> tuple:
+    """A combo of the models found in the ``key`` folder(s) (those ``accept(path)`` keeps, when given)."""
+    return (comfy.list_models(key, accept), {"tooltip": f"{tooltip} Looked up in models/{key}/."})
 
 
 def check_model(key: str, name: str) -> bool | str:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import comfy_adapter as comfy
+from . import model_filters
 from .common import (CATEGORY, COCOCO_PIPE, check_model, files_changed, frames_in, frames_out, mask_in, model_input,
                      on_execution_device, progress, seed_input, text_input)
 
@@ -25,8 +26,8 @@ class CoCoCoModel:
 
 
 def base_model_names() -> list[str]:
-    """Single files from models/checkpoints and folders from models/diffusers, as ``<key>/<name>``."""
-    return [f"{key}/{name}" for key in BASE_KEYS for name in comfy.list_models(key)]
+    """Inpainting bases: single files from models/checkpoints and folders from models/diffusers, as ``<key>/<name>``."""
+    return [f"{key}/{name}" for key in BASE_KEYS for name in comfy.list_models(key, model_filters.inpainting_base)]
 
 
 def split_base_name(base_model: str) -> tuple[str, str]:
@@ -91,16 +92,11 @@ class CoCoCoModelLoader:
     DESCRIPTION = ("Loads CoCoCo: an SD-1.5-inpainting U-Net, VAE and CLIP text encoder plus the CoCoCo motion modules "
                    "(damped global attention). The loaded model is kept in memory for the next runs.")
 
+    # ComfyUI attaches a VALIDATE_INPUTS message to every input the method names: name only the motion model
+    # (whose message says where to get it); base_model gets ComfyUI's own per-input list check.
     @classmethod
-    def VALIDATE_INPUTS(cls, base_model, motion_model):
-        try:
-            key, name = split_base_name(base_model)
-        except ValueError as error:
-            return str(error)
-        for result in (check_model(key, name), check_model("cococo", motion_model)):
-            if result is not True:
-                return result
-        return True
+    def VALIDATE_INPUTS(cls, motion_model):
+        return check_model("cococo", motion_model)
 
     @classmethod
     def IS_CHANGED(cls, base_model, motion_model, **_):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from . import comfy_adapter as comfy
+from . import model_filters
 from .common import (CATEGORY, LGVI_PIPE, LGVII_CONVERSATION, LGVII_PIPE, check_model, files_changed, frames_in, frames_out, mask_out,
                      model_input, on_execution_device, progress, seed_input, text_input)
 
@@ -78,7 +79,7 @@ class CoCoCoLGVILoader:
         return {
             "required": {
                 "lgvi_model": model_input("lgvi", "LGVI checkpoint folder (jianzongwu/lgvi: unet/, vae/, scheduler/, "
-                                          "text_encoder/, tokenizer/)."),
+                                          "text_encoder/, tokenizer/).", model_filters.diffusion_folder),
                 "precision": (list(comfy.PRECISIONS), {"default": "auto", "tooltip": "Weight and compute dtype. auto: "
                               "ComfyUI's choice (fp16 on capable GPUs, fp32 on CPU and MPS)."}),
             }
@@ -155,15 +156,14 @@ def _weight_bytes(folder: Path) -> int:
 class CoCoCoLGVIILoader:
     @classmethod
     def INPUT_TYPES(cls):
-        folders = comfy.list_models("lgvi")
         return {
             "required": {
                 "lgvi_i_model": model_input("lgvi", "LGVI-I checkpoint folder (jianzongwu/lgvi-i: unet/, vae/, "
-                                            "scheduler/ and llava/llava_weights.pth)."),
-                "llava_model": (folders, {"tooltip": "LLaVA-1.5-7B folder: llava-hf/llava-1.5-7b-hf, or the original "
+                                            "scheduler/ and llava/llava_weights.pth).", model_filters.lgvi_i_folder),
+                "llava_model": (comfy.list_models("lgvi", model_filters.llava_folder), {"tooltip": "LLaVA-1.5-7B folder: llava-hf/llava-1.5-7b-hf, or the original "
                                 "liuhaotian/llava-v1.5-7b (then also give the CLIP vision folder). Looked up in "
                                 "models/lgvi/."}),
-                "clip_vision_model": ([NO_CLIP] + folders, {"default": NO_CLIP, "tooltip": "CLIP ViT-L/14-336 folder "
+                "clip_vision_model": ([NO_CLIP] + comfy.list_models("lgvi", model_filters.clip_vision_folder), {"default": NO_CLIP, "tooltip": "CLIP ViT-L/14-336 folder "
                                       "(openai/clip-vit-large-patch14-336), needed only for the original LLaVA layout."}),
                 "precision": (list(comfy.PRECISIONS), {"default": "auto", "tooltip": "Weight and compute dtype. auto: "
                               "ComfyUI's choice (fp16 on capable GPUs, fp32 on CPU and MPS)."}),
@@ -180,12 +180,10 @@ class CoCoCoLGVIILoader:
     DESCRIPTION = ("Selects LGVI-I (interactive LGVI): an LGVI-I diffusion checkpoint and LLaVA-1.5. Nothing heavy "
                    "is loaded here; the chat node loads LLaVA, answers, frees it, then removes.")
 
+    # One input named (ComfyUI repeats the message on every named input); LLaVA and CLIP get ComfyUI's list check.
     @classmethod
-    def VALIDATE_INPUTS(cls, lgvi_i_model, llava_model, clip_vision_model):
-        checks = [check_model("lgvi", lgvi_i_model), check_model("lgvi", llava_model)]
-        if clip_vision_model != NO_CLIP:
-            checks.append(check_model("lgvi", clip_vision_model))
-        return next((result for result in checks if result is not True), True)
+    def VALIDATE_INPUTS(cls, lgvi_i_model):
+        return check_model("lgvi", lgvi_i_model)
 
     def load(self, lgvi_i_model, llava_model, clip_vision_model, precision, quantization):
         comfy.model_dtype(precision, comfy.torch_device())  # reject a bad value now

@@ -109,9 +109,10 @@ class CoCoCoPersonalize:
     DESCRIPTION = ("Personalizes CoCoCo by task vectors: θ = θ_base + α·(θ_inpaint − θ_base) + β·τ_p, with τ_p from "
                    "a DreamBooth checkpoint and/or LoRAs. The motion modules are left unchanged.")
 
+    # One input named (ComfyUI repeats the message on every named input); sd15_base gets ComfyUI's list check.
     @classmethod
-    def VALIDATE_INPUTS(cls, sd15_base, personal_model):
-        return next((r for r in (_check_optional(sd15_base), _check_optional(personal_model)) if r is not True), True)
+    def VALIDATE_INPUTS(cls, personal_model):
+        return _check_optional(personal_model)
 
     def personalize(self, cococo_pipe, sd15_base, personal_model, alpha, beta, loras=()):
         from cococo_core.personalize import LoraSpec, MergeRecipe, WeightBackup, personalize_modules

@@ -1,11 +1,13 @@
 """nodes/comfy_adapter.py with and without (fake) ComfyUI modules."""
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from nodes import comfy_adapter as adapter
+import workflow_executor
 from workflow_executor import InterruptProcessingException, fake_comfyui
 
 from cococo_core.hooks import Cancelled, check_cancelled
@@ -147,7 +149,11 @@ def test_comfyui_progress_and_interrupt(tmp_path):
 
 def test_comfyui_tokenizer_dir(tmp_path):
     with fake_comfyui(tmp_path):
-        assert adapter.clip_tokenizer_dir() is None
+        if workflow_executor.REAL_MODULES:  # ComfyUI's own comfy/sd1_tokenizer, found in the namespace package
+            found = adapter.clip_tokenizer_dir().resolve()
+            assert found == (Path(os.environ["COMFYUI_DIR"]) / "comfy" / "sd1_tokenizer").resolve()
+        else:
+            assert adapter.clip_tokenizer_dir() is None
         assert "clip_tokenizer" in adapter.missing_tokenizer_message()
         _touch(tmp_path / "comfy" / "sd1_tokenizer" / "vocab.json", "{}")
         _touch(tmp_path / "comfy" / "sd1_tokenizer" / "merges.txt")

@@ -105,6 +105,12 @@ def test_ui_workflow_matches_api_and_node_specs(api_file, tmp_path):
         assert wx.api_to_ui(api, CLASSES) == ui, "regenerate with: python tests/workflow_executor.py"
 
 
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_nodes_do_not_overlap_at_the_sizes_the_frontend_draws(api_file):
+    ui = json.loads((ROOT / "workflows" / api_file.name).read_text())
+    assert not wx.overlapping_nodes(ui)
+
+
 def test_every_pack_node_appears_in_a_workflow():
     used = {node["class_type"] for f in API_FILES for node in json.loads(f.read_text()).values()}
     missing = set(nodes.NODE_CLASS_MAPPINGS) - used - {"CoCoCoReleaseModels", "CoCoCoConvertMotion"}
@@ -153,10 +159,14 @@ def test_missing_model_is_reported_before_running(comfy_env):
     assert "not_there.safetensors" in str(error.value) and "github.com/zibojia/COCOCO" in str(error.value)
 
 
-def test_four_channel_base_is_refused(comfy_env):
-    shutil.copy(tiny_models.ldm_file(in_channels=4), comfy_env["root"] / "models" / "checkpoints" / "sd15.safetensors")
+def test_four_channel_base_is_not_offered_and_refused_if_it_slips_through(comfy_env):
+    checkpoints = comfy_env["root"] / "models" / "checkpoints"
+    shutil.copy(tiny_models.ldm_file(in_channels=4), checkpoints / "sd15.safetensors")
+    shutil.copy(tiny_models.ldm_file("ckpt", in_channels=4), checkpoints / "sd15.ckpt")  # a pickle: not opened to list
+    offered = nodes.NODE_CLASS_MAPPINGS["CoCoCoModelLoader"].INPUT_TYPES()["required"]["base_model"][0]
+    assert "checkpoints/sd15.safetensors" not in offered and "checkpoints/sd-v1-5-inpainting.safetensors" in offered
     prompt = _fast(_api("cococo_inpaint_drawn_mask.json"))
-    prompt["4"]["inputs"]["base_model"] = "checkpoints/sd15.safetensors"
+    prompt["4"]["inputs"]["base_model"] = "checkpoints/sd15.ckpt"
     with pytest.raises(ValueError, match="4 input channels.*9-channel"):
         wx.execute(prompt, CLASSES)
 

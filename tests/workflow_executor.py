@@ -1,7 +1,9 @@
-"""A small stand-in for ComfyUI, for the pack's tests.
+"""A small stand-in for ComfyUI, for the pack's fast tests (the real server runs in ``tests/test_comfyui_*.py``).
 
-- :func:`fake_comfyui` installs fake ``folder_paths``, ``comfy``, ``comfy.model_management`` and
-  ``comfy.utils`` modules (same names and call signatures as ComfyUI's) into ``sys.modules``;
+- :func:`fake_comfyui` installs ``folder_paths``, ``comfy``, ``comfy.model_management`` and ``comfy.utils``
+  into ``sys.modules``: ComfyUI's real modules when ``COMFYUI_DIR`` names a checkout (their folders pointed at
+  a scratch base directory, calls recorded on the way through), else small fakes with the same names and call
+  signatures;
 - ``CORE_NODES``: test doubles of the core nodes the shipped workflows use, with the real nodes'
   input specs (ComfyUI ``nodes.py`` / ``comfy_extras/nodes_video.py``) but loading and saving
   plain image files from a folder;
@@ -11,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import sys
 import types
 from pathlib import Path
@@ -22,8 +26,35 @@ from PIL import Image
 SUPPORTED_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 
 
-class InterruptProcessingException(Exception):
+def real_comfyui_modules() -> dict | None:
+    """ComfyUI's own ``folder_paths``, ``comfy``, ``comfy.model_management`` and ``comfy.utils`` from
+    ``$COMFYUI_DIR``; None without ``COMFYUI_DIR``. Like the fakes, they are importable only inside
+    :func:`fake_comfyui` (``$COMFYUI_DIR`` is on ``sys.path`` only while they are imported, and last, so ComfyUI's
+    top-level ``nodes`` never shadows the pack's)."""
+    folder = os.environ.get("COMFYUI_DIR")
+    if not folder:
+        return None
+    sys.path.append(folder)
+    try:
+        importlib.import_module("comfy.cli_args").args.cpu = True  # as `main.py --cpu`: this test machine has no GPU
+        names = ("folder_paths", "comfy", "comfy.model_management", "comfy.utils")
+        modules = {name: importlib.import_module(name) for name in names}
+    finally:
+        sys.path.remove(folder)
+    for name in names:
+        del sys.modules[name]
+    return modules
+
+
+REAL_MODULES = real_comfyui_modules()
+
+
+class _FakeInterruptProcessingException(Exception):
     """Same name as ComfyUI's ``comfy.model_management.InterruptProcessingException``."""
+
+
+InterruptProcessingException = (REAL_MODULES["comfy.model_management"].InterruptProcessingException
+                                if REAL_MODULES else _FakeInterruptProcessingException)
 
 
 def _fake_folder_paths(base: Path) -> types.ModuleType:
@@ -81,46 +112,136 @@ def _fake_model_management(state: dict) -> types.ModuleType:
     module.get_torch_device = lambda: torch.device("cpu")
     module.unet_offload_device = lambda: torch.device("cpu")
     module.intermediate_device = lambda: torch.device("cpu")
-    module.unet_dtype = lambda device=None, model_params=0, supported_dtypes=(), weight_dtype=None: state["unet_dtype"]
+    module.unet_dtype = (lambda device=None, model_params=0, supported_dtypes=(), weight_dtype=None:
+                         state["unet_dtype"] or torch.float32)
     module.free_memory = record("free_memory")
     module.soft_empty_cache = record("soft_empty_cache")
     module.unload_all_models = record("unload_all_models")
     return module
 
 
-def _fake_utils(state: dict) -> types.ModuleType:
-    module = types.ModuleType("comfy.utils")
+class _PlainProgressBar:
+    def __init__(self, total, node_id=None):
+        self.total = total
 
-    class ProgressBar:
-        def __init__(self, total, node_id=None):
+    def update_absolute(self, value, total=None, preview=None):
+        if total is not None:
             self.total = total
-            state["bars"].append(self)
+
+
+def _recording_progress_bar(base: type, state: dict, interrupt) -> type:
+    """``base`` (ComfyUI's ProgressBar or a plain one) that also records its updates in ``state["bars"]`` and
+    presses Cancel (``interrupt()``) once the value reaches ``state["interrupt_at"]``."""
+
+    class ProgressBar(base):
+        def __init__(self, total, node_id=None):
+            super().__init__(total, node_id)
             self.updates, self.previews = [], []
+            state["bars"].append(self)
 
         def update_absolute(self, value, total=None, preview=None):
-            if total is not None:
-                self.total = total
+            super().update_absolute(value, total, preview)
             self.updates.append(value)
             self.previews.append(preview)
             if state["interrupt_at"] is not None and value >= state["interrupt_at"]:
-                state["interrupted"] = True  # as if the user pressed Cancel during this step
+                interrupt()  # as if the user pressed Cancel during this step
 
         def update(self, value):
             self.update_absolute(len(self.updates) + value)
 
-    module.ProgressBar = ProgressBar
+    return ProgressBar
+
+
+def _fake_utils(state: dict) -> types.ModuleType:
+    module = types.ModuleType("comfy.utils")
+    module.ProgressBar = _recording_progress_bar(_PlainProgressBar, state, lambda: state.update(interrupted=True))
     return module
 
 
 @contextlib.contextmanager
-def fake_comfyui(base: Path, *, unet_dtype=torch.float32):
-    """Make ``import folder_paths`` / ``comfy.*`` work inside the block; yields the shared state dict
-    (``calls``, ``bars``, ``interrupted``, ``interrupt_at``: progress value that triggers Cancel)."""
+def _patched(obj, **attributes):
+    saved = {name: getattr(obj, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(obj, name, value)
+
+
+@contextlib.contextmanager
+def _installed(modules: dict):
+    """``modules`` in ``sys.modules`` inside the block; what was there before afterwards."""
+    saved = {name: sys.modules.get(name) for name in modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@contextlib.contextmanager
+def _real_comfyui(base: Path, state: dict):
+    """ComfyUI's real modules with their folders in ``base`` (as ``--base-directory`` sets them), progress bars
+    recorded, the memory calls recorded on their way to ComfyUI, and ``unet_dtype`` answered from the state
+    only where a test sets it (a CPU machine cannot show ComfyUI's GPU choices)."""
+    folder_paths, mm, utils = (REAL_MODULES[n] for n in ("folder_paths", "comfy.model_management", "comfy.utils"))
+    models = str(base / "models")
+    folders = {name: ([p.replace(folder_paths.models_dir, models, 1) for p in paths], set(exts) if isinstance(exts, set) else exts)
+               for name, (paths, exts) in folder_paths.folder_names_and_paths.items()}
+
+    def recorded(name):
+        real = getattr(mm, name)
+
+        def call(*args, **kwargs):
+            result = None
+            if name != "free_memory" or torch.device(args[1] if len(args) > 1 else kwargs["device"]).type != "cuda" \
+                    or torch.cuda.is_available():  # a CUDA device that this machine lacks: recorded only
+                result = real(*args, **kwargs)
+            state["calls"].append((name, args, kwargs))  # after the call: calls it makes come first
+            return result
+        return call
+
+    real_unet_dtype = mm.unet_dtype
+
+    def unet_dtype(*args, **kwargs):
+        return state["unet_dtype"] if state["unet_dtype"] is not None else real_unet_dtype(*args, **kwargs)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_installed(REAL_MODULES))
+        # a scratch comfy/ first on the package path, so a test can put a tokenizer in front of ComfyUI's own
+        stack.enter_context(_patched(REAL_MODULES["comfy"], __path__=[str(base / "comfy"), *REAL_MODULES["comfy"].__path__]))
+        stack.enter_context(_patched(folder_paths, models_dir=models, folder_names_and_paths=folders,
+                                     output_directory=str(base / "output"), input_directory=str(base / "input"),
+                                     temp_directory=str(base / "temp")))
+        stack.enter_context(_patched(mm, unet_dtype=unet_dtype, **{n: recorded(n) for n in
+                                     ("free_memory", "soft_empty_cache", "unload_all_models")}))
+        stack.enter_context(_patched(utils, ProgressBar=_recording_progress_bar(
+            utils.ProgressBar, state, lambda: mm.interrupt_current_processing(True))))
+        mm.interrupt_current_processing(False)
+        yield dict(REAL_MODULES)
+
+
+@contextlib.contextmanager
+def fake_comfyui(base: Path, *, unet_dtype=None):
+    """Make ``import folder_paths`` / ``comfy.*`` work inside the block (ComfyUI's real modules when
+    ``COMFYUI_DIR`` is set); yields the shared state dict (``calls``, ``bars``, ``interrupted``,
+    ``interrupt_at``: progress value that triggers Cancel, ``unet_dtype``: ComfyUI's dtype choice to report,
+    ``modules``)."""
     base = Path(base)
     state = {"calls": [], "bars": [], "interrupted": False, "interrupt_at": None, "unet_dtype": unet_dtype}
-    comfy = types.ModuleType("comfy")
-    (base / "comfy" / "sd1_tokenizer").mkdir(parents=True, exist_ok=True)
-    comfy.__file__ = str(base / "comfy" / "__init__.py")
+    (base / "comfy" / "sd1_tokenizer").mkdir(parents=True, exist_ok=True)  # a tokenizer a test can put in front
+    if REAL_MODULES is not None:
+        with _real_comfyui(base, state) as modules:
+            state["modules"] = modules
+            yield state
+        return
+    comfy = types.ModuleType("comfy")  # a namespace package, as ComfyUI's: __path__ but no __file__
     comfy.__path__ = [str(base / "comfy")]
     modules = {
         "folder_paths": _fake_folder_paths(base),
@@ -130,17 +251,9 @@ def fake_comfyui(base: Path, *, unet_dtype=torch.float32):
     }
     comfy.model_management = modules["comfy.model_management"]
     comfy.utils = modules["comfy.utils"]
-    saved = {name: sys.modules.get(name) for name in modules}
-    sys.modules.update(modules)
     state["modules"] = modules
-    try:
+    with _installed(modules):
         yield state
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
 
 
 # --- core node doubles ---------------------------------------------------------------------------
@@ -471,8 +584,44 @@ def _depths(prompt: dict) -> dict:
     return depth
 
 
+# Node sizes (width, body height) the ComfyUI frontend draws where they exceed the widget estimate, measured in
+# the real frontend with bench/screenshot_workflows.py: loaders of files show a preview and grow once the file
+# loads; output nodes and the samplers (latent preview, square) grow to show their result during and after a run.
+NODE_WIDTH = 340
+TITLE_HEIGHT = 30  # drawn above ``pos``
+GAP = 50
+DRAWN_SIZES = {
+    "LoadVideo": (340, 414),
+    "LoadImageMask": (431, 318),
+    "LoadImage": (431, 318),
+    "PreviewAny": (340, 122),
+    "SaveVideo": (340, 438),
+    "PreviewImage": (340, 318),
+    "CoCoCoSampler": (340, 674),  # the widgets' 540 + the preview's 134
+    "CoCoCoLGVIRemove": (340, 504),
+    "CoCoCoLGVIChat": (340, 614),
+}
+
+
+def drawn_size(node_type: str, size) -> tuple[float, float]:
+    """The size the frontend draws a node at: its saved ``size``, or larger where a preview grows it."""
+    width, height = DRAWN_SIZES.get(node_type, (0, 0))
+    return max(size[0], width), max(size[1], height)
+
+
+def overlapping_nodes(workflow: dict) -> list[tuple[int, int]]:
+    """Pairs of node ids whose drawn boxes (title bar included) intersect."""
+    boxes = []
+    for node in workflow["nodes"]:
+        width, height = drawn_size(node["type"], node["size"])
+        boxes.append((node["id"], node["pos"][0], node["pos"][1] - TITLE_HEIGHT, width, height + TITLE_HEIGHT))
+    return [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4] and b[2] < a[2] + a[4]]
+
+
 def api_to_ui(prompt: dict, classes: dict) -> dict:
-    """A UI-format workflow (version 0.4) with a simple left-to-right layout by dependency depth."""
+    """A UI-format workflow (version 0.4), laid out left to right by dependency depth, each column as wide as its
+    widest node and its nodes stacked at the sizes the frontend draws them (:data:`DRAWN_SIZES`)."""
     depths = _depths(prompt)
     order = sorted(prompt, key=lambda n: (depths[n], int(n)))
     nodes, links, next_y = [], [], {}
@@ -497,16 +646,23 @@ def api_to_ui(prompt: dict, classes: dict) -> dict:
                   for (name, default), value in zip(widget_slots(node_class), values)]
         multiline = sum(1 for _, (k, o, _) in input_specs(node_class).items() if k == "STRING" and o.get("multiline"))
         height = 46 + 22 * (len(inputs) + len(values) + max(len(outputs) - len(inputs), 0)) + 60 * multiline
+        size = list(drawn_size(node["class_type"], (NODE_WIDTH, height)))
         column = depths[node_id]
         y = next_y.get(column, 80)
-        next_y[column] = y + height + 60
-        ui = {"id": int(node_id), "type": node["class_type"], "pos": [60 + 400 * column, y], "size": [340, height],
+        next_y[column] = y + size[1] + TITLE_HEIGHT + GAP
+        ui = {"id": int(node_id), "type": node["class_type"], "pos": [column, y], "size": size,
               "flags": {}, "order": position, "mode": 0, "inputs": inputs, "outputs": outputs,
               "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values}
         if node.get("_meta", {}).get("title"):
             ui["title"] = node["_meta"]["title"]
         ui_nodes[node_id] = ui
         nodes.append(ui)
+    column_x, x = {}, 60
+    for column in sorted(set(depths.values())):
+        column_x[column] = x
+        x += max(ui["size"][0] for ui in nodes if ui["pos"][0] == column) + GAP
+    for ui in nodes:
+        ui["pos"][0] = column_x[ui["pos"][0]]
     for node_id in order:
         for slot, entry in enumerate(ui_nodes[node_id]["inputs"]):
             value = prompt[node_id]["inputs"].get(entry["name"])

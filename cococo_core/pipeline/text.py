@@ -1,5 +1,7 @@
 """Prompt embeddings as the official pipeline makes them (cococo-official.md §3.4): CLIP tokenizer with
-max-length padding (77) and truncation, no attention mask, the text encoder's last hidden state
+max-length padding and truncation to the text encoder's ``max_position_embeddings`` (77 for SD-1.x; the
+tokenizer's ``model_max_length`` is no guide: ComfyUI's ``sd1_tokenizer`` declares 8192, a folder with only
+vocab.json + merges.txt gives 1e30), no attention mask, the text encoder's last hidden state
 (after the final layer norm, no clip skip).
 
 Longer prompts are cut there, as upstream; the words dropped are logged. ``long_prompts="chunks"`` instead
@@ -32,9 +34,9 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], long_prompts: st
     device = next(text_encoder.parameters()).device
     if long_prompts == "chunks":
         return _encode_chunks(tokenizer, text_encoder, prompts, device)
-    warn_truncated(tokenizer, prompts, tokenizer.model_max_length)
-    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
+    length = text_encoder.config.max_position_embeddings
+    warn_truncated(tokenizer, prompts, length)
+    tokens = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     return text_encoder(tokens.input_ids.to(device))[0]
 
 

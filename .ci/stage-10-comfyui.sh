@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# CI stage: the real-ComfyUI tests (tests/test_comfyui_*.py) in a real ComfyUI server.
+# Builds ComfyUI's venv with ../shared/comfyui-env.sh (in .comfyui-venv/, ignored by git), installs the pack's
+# requirements.txt into it the way ComfyUI-Manager does, and runs the tests with that Python. ../shared is
+# read-only: the server gets a temporary --base-directory (tests/comfyui_server.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+shared=$(cd "${SHARED_DIR:-../shared}" && pwd)  # SHARED_DIR: where ../shared lives outside CI
+python=$(bash "$shared/comfyui-env.sh" "$PWD/.comfyui-venv" | tail -n 1)
+"$python" -m pip install -q -r requirements.txt
+echo "comfyui venv ready in $((SECONDS - start)) s"
+export COMFYUI_DIR="$shared/comfyui" COMFYUI_PYTHON="$python" CI="${CI:-true}"
+# the real-server tests, and the adapter tests against ComfyUI's real folder_paths / model_management / utils
+"$python" -m pytest -p no:cacheprovider tests/test_comfyui_*.py tests/test_nodes_adapter.py tests/test_nodes_contract.py
+echo "real-ComfyUI stage done in $((SECONDS - start)) s"
