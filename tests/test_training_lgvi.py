@@ -284,3 +284,21 @@ def test_lgvi_i_trains_the_mllm_parts_only_and_saves_what_the_chat_stage_loads(l
     pipe = LGVIPipeline.from_pretrained(tmp_path / "lgvi-i", device="cpu", text_encoder=False)
     result = pipe(frames.numpy(), context=turn.context, num_inference_steps=2)
     assert result.frames.shape == (FRAMES, SIZE, SIZE, 3)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(dataset_dir):
+    recipe = LGVIRecipe()
+    results = []
+    for checkpointing in (False, True):
+        config = _config(dataset_dir, gradient_checkpointing=checkpointing)
+        torch.manual_seed(0)
+        model = recipe.build_model(config)
+        assert ("forward" in vars(model.unet.down_blocks[0].attentions[0])) == checkpointing  # recomputed in backward
+        batch = recipe.collate([recipe.build_dataset(config)[0]])
+        loss, _ = recipe.loss(model, batch, torch.Generator().manual_seed(1))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.unet.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-7, msg=name)
