@@ -302,3 +302,39 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(dataset_dir):
     assert results[0][1].keys() == results[1][1].keys()
     for name, grad in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.fixture(scope="module")
+def small_chat_folder(tmp_path_factory):
+    """A llava-interleave-qwen-0.5b-like chat model: Qwen2 body, another hidden size (48), tied embeddings."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
+
+    text = Qwen2Config(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       vocab_size=tiny.LGVI_VOCAB + 20, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+                              patch_size=14, projection_dim=16)
+    config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=tiny.LGVI_VOCAB, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", tie_word_embeddings=True)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("small-chat")
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    tiny.write_llama_tokenizer(folder)
+    return folder
+
+
+def test_lgvi_i_with_a_small_chat_model_sizes_the_transfer_head_from_its_hidden_size(lgvi_i_config, small_chat_folder, tmp_path):
+    from cococo_core.lgvi import LGVIChat
+
+    recipe = LGVIIRecipe()
+    config = {**lgvi_i_config, "chat_model": str(small_chat_folder)}
+    model = recipe.build_model(config)
+    assert (model.transfer_head[0].in_features, model.transfer_head[2].out_features) == (48, tiny.TINY_UNET["cross_attention_dim"])
+    assert "lm_head" not in model.frozen_modules()  # tied to the trained embeddings
+    optimizer = _adam(recipe.parameter_groups(model, config))
+    batch = recipe.collate([recipe.build_dataset(config)[1]])
+    parts = _step(recipe, model, batch, optimizer)
+    assert all(math.isfinite(value) for value in parts.values())
+    recipe.save_pretrained(model, tmp_path / "lgvi-i-small")
+    chat = LGVIChat.load(small_chat_folder, tmp_path / "lgvi-i-small" / "llava" / "llava_weights.pth")
+    turn = chat.ask(chat.start(np.zeros((SIZE, SIZE, 3), np.float32)), "remove the bird", max_new_tokens=4)
+    assert turn.context.shape[-1] == tiny.TINY_UNET["cross_attention_dim"]
