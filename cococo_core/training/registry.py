@@ -5,6 +5,8 @@ import importlib
 
 RECIPES = {
     "cococo": "cococo_core.training.cococo.recipe:CoCoCoRecipe",
+    "lgvi": "cococo_core.training.lgvi.recipes:LGVIRecipe",
+    "lgvi-i": "cococo_core.training.lgvi.recipes:LGVIIRecipe",
 }
 
 

@@ -12,7 +12,6 @@ from ..._lazy import lazy_exports
 _EXPORTS = {
     "LGVIRecipe": ".recipes",
     "LGVIIRecipe": ".recipes",
-    "RECIPES": ".recipes",
     "LGVITrainingModel": ".model",
     "LGVIITrainingModel": ".model",
     "LossSettings": ".objective",

@@ -278,15 +278,27 @@ def interleave(videos: list, images: list, ratio: tuple[int, int]) -> list:
 
 
 def collate(items: list) -> dict:
-    """Stack samples (or the batches of :class:`MixedBatches`, flattened) into one batch."""
-    samples = [sample for item in items for sample in (item if isinstance(item, list) else [item])]
+    """``{"groups": [batch, ...]}``: each :class:`MixedBatches` item (a list of samples) becomes one stacked
+    group; plain samples form one group. Groups are run and averaged separately, so a micro-batch may hold
+    video and image groups, and a run split over N processes averages the same groups as one process.
+
+    Each group's ``seed_slot`` / ``seed_offset`` say where a sample's randomness comes from: entry ``slot`` of the
+    loop's ``sample_seeds`` (one per dataset item), mixed with ``offset`` (the position inside its item)."""
+    if all(isinstance(item, list) for item in items):
+        return {"groups": [_stack(item, [slot] * len(item), list(range(len(item)))) for slot, item in enumerate(items)]}
+    if any(isinstance(item, list) for item in items):
+        raise ValueError("collate got both whole batches and single samples")
+    return {"groups": [_stack(items, list(range(len(items))), [0] * len(items))]}
+
+
+def _stack(samples: list[dict], slots: list[int], offsets: list[int]) -> dict:
     frames = {sample["video"].shape[1] for sample in samples}
     if len(frames) > 1:
         raise ValueError(f"a batch mixes frame counts {sorted(frames)}: batch videos and images separately (MixedBatches)")
     batch = {key: torch.stack([s[key] for s in samples]) for key in ("video", "target", "mask")}
     batch["has_mask"] = torch.tensor([bool(s["has_mask"]) for s in samples])
     batch["index"] = torch.tensor([int(s["index"]) for s in samples])
+    batch["seed_slot"], batch["seed_offset"] = torch.tensor(slots), torch.tensor(offsets)
     for key in ("expression", "request", "response"):
         batch[key] = [s[key] for s in samples]
     return batch
-

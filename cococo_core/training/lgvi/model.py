@@ -106,20 +106,27 @@ class LGVITrainingModel(nn.Module):
 
     # ------------------------------------------------------------------ the loss
     def forward(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        generators = sample_generators(generator, batch["index"])
-        noisy, noise, condition, timesteps = self._diffusion_inputs(batch, generators)
+        """Mean over the batch's groups (see :func:`.data.collate`) of each group's loss."""
+        results = [self.group_loss(group, batch.get("sample_seeds"), generator) for group in batch["groups"]]
+        total = torch.stack([loss for loss, _ in results]).mean()
+        parts = {name: torch.stack([p[name] for _, p in results]).mean() for name in results[0][1]}
+        return total, parts
+
+    def group_loss(self, group: dict, sample_seeds, generator) -> tuple[torch.Tensor, dict]:
+        generators = sample_generators(group, sample_seeds, generator)
+        noisy, noise, condition, timesteps = self._diffusion_inputs(group, generators)
         keep_text, keep_video = self._keep(generators)
         condition = condition * keep_video.view(-1, 1, 1, 1, 1).to(condition)
-        contexts, extra = self.contexts(batch, generators, keep_text)
+        contexts, extra = self.contexts(group, generators, keep_text)
         eps, logits = self._predict(noisy, timesteps, contexts, condition)
         l_diff = diffusion_loss(eps, noise)
-        weights = batch["has_mask"].float() * keep_text * keep_video
+        weights = group["has_mask"].to(keep_text) * keep_text * keep_video
         if self.settings.mask_weighting == "quadratic":
-            weights = weights * quadratic_mask_weight(timesteps.cpu(), self.num_train_timesteps)
+            weights = weights * quadratic_mask_weight(timesteps, self.num_train_timesteps).to(weights)
         if logits is not None:
-            l_mask = mask_loss(logits, mask_targets(batch["mask"].to(logits.device), logits.shape[-2:]), weights)
+            l_mask = mask_loss(logits, mask_targets(group["mask"].to(logits.device), logits.shape[-2:]), weights)
         else:
-            l_mask = eps.new_zeros(())
+            l_mask = l_diff.new_zeros(())
         total = self.settings.diffusion * l_diff + self.settings.mask * l_mask
         parts = {"diffusion": l_diff.detach(), "mask": l_mask.detach()}
         if "lm" in extra:
@@ -135,10 +142,10 @@ class LGVITrainingModel(nn.Module):
         with torch.no_grad():
             for row, g in enumerate(generators):
                 frames = batch["video"].shape[2]
-                targets.append(pipe.encode_video(batch["target"][row].transpose(0, 1), g, frames).float())
-                conditions.append(pipe.encode_video(batch["video"][row].transpose(0, 1), g, frames).float())
+                targets.append(pipe.encode_video(batch["target"][row].transpose(0, 1), g, frames))
+                conditions.append(pipe.encode_video(batch["video"][row].transpose(0, 1), g, frames))
                 steps.append(torch.randint(0, self.num_train_timesteps, (1,), generator=g))
-                noises.append(torch.randn(targets[-1].shape, generator=g).to(device))
+                noises.append(torch.randn(targets[-1].shape, generator=g, dtype=torch.float64).to(device, self.unet.dtype))
         z0, condition, noise = torch.cat(targets), torch.cat(conditions), torch.cat(noises)
         timesteps = torch.cat(steps).to(device)
         return add_noise(z0, noise, timesteps, self.alphas_cumprod), noise, condition, timesteps
@@ -154,7 +161,7 @@ class LGVITrainingModel(nn.Module):
         """CLIP(expression) per sample; CLIP("") where the text is dropped (the inference negative)."""
         pipe = self.pipeline()
         texts = [text if keep else "" for text, keep in zip(batch["expression"], keep_text.tolist())]
-        return [pipe.encode_text(text).float() for text in texts], {}
+        return [pipe.encode_text(text) for text in texts], {}
 
     def _predict(self, noisy, timesteps, contexts, condition):
         """One U-Net pass when every context has the same length, else one per sample."""
@@ -260,5 +267,5 @@ class LGVIITrainingModel(LGVITrainingModel):
             states = hidden[:, prompt.shape[1] - 1 :]
             losses.append(lm_loss(lm_head(states)[0], torch.tensor(reply_ids, device=device)))
             features = select_conditioning(self.transfer_head(states), prompt_start_index(response, self.chat_tokenizer))
-            contexts.append(features.float() * keep)
+            contexts.append(features * keep)
         return contexts, {"lm": torch.stack(losses).mean()}

@@ -56,11 +56,22 @@ class LossSettings:
         )
 
 
-def sample_generators(generator: torch.Generator, indices: torch.Tensor) -> list[torch.Generator]:
-    """One generator per sample from one draw of the loop's generator and the sample's dataset index, so
-    a sample gets the same noise whichever process or batch position it lands in."""
-    base = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return [torch.Generator().manual_seed((base + 7919 * int(index)) % 2**63) for index in indices]
+def sample_generators(group: dict, sample_seeds: torch.Tensor | None, generator: torch.Generator) -> list[torch.Generator]:
+    """One CPU generator per sample of a collated group. With the loop's ``sample_seeds`` (a seed per dataset
+    item from (seed, epoch, index)) a sample gets the same noise whichever process or batch position it lands
+    in; without them (a direct call) the seeds come from one draw of ``generator`` and the sample indices."""
+    if sample_seeds is not None:
+        seeds = [int(sample_seeds[int(slot)]) for slot in group["seed_slot"]]
+    else:
+        base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        seeds = [base + 7919 * int(index) for index in group["index"]]
+    return [torch.Generator().manual_seed((seed + 1_000_003 * int(offset)) % 2**63)
+            for seed, offset in zip(seeds, group["seed_offset"])]
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32, or float64 when the model runs in float64 (losses never lose precision to the cast)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -75,7 +86,7 @@ def quadratic_mask_weight(timesteps: torch.Tensor, num_train_timesteps: int) -> 
     """Official ``get_mask_loss_weight_scale_quadratic``: 4 t (T - t) / T^2 (0 at both ends, 1 at T/2)."""
     t = timesteps.double()
     total = float(num_train_timesteps)
-    return (4.0 * t * (total - t) / total**2).float()
+    return 4.0 * t * (total - t) / total**2
 
 
 def mask_targets(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
@@ -88,16 +99,16 @@ def mask_targets(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tens
 
 def mask_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the mask decoder's logits, averaged per sample, weighted, averaged over the batch."""
-    per_element = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    per_element = F.binary_cross_entropy_with_logits(_wide(logits), targets.to(_wide(logits).dtype), reduction="none")
     per_sample = per_element.flatten(1).mean(dim=1)
     return (per_sample * weights.to(per_sample)).mean()
 
 
 def diffusion_loss(prediction: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """epsilon-MSE (mean over every element of the batch)."""
-    return F.mse_loss(prediction.float(), noise.float())
+    return F.mse_loss(_wide(prediction), noise.to(_wide(prediction).dtype))
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: ``logits[k]`` (already the prediction at the position before token k) vs ``labels[k]``."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    return F.cross_entropy(_wide(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1))

@@ -12,7 +12,8 @@ Recipe config keys (besides the loop's own):
 * ``learning_rates`` - ``unet`` 3e-5, ``mask_decoder`` 1e-4, ``mllm`` 1e-4 (paper §5.1).
 * ``loss_weights`` - ``diffusion`` 1, ``mask`` 0.001, ``lm`` 0.1; ``mask_loss_weighting`` none|quadratic;
   ``condition_dropout`` - ``text`` / ``video`` 0.05.
-* ``gradient_checkpointing`` - recompute U-Net blocks (and chat layers) in the backward pass.
+* ``dtype`` - float32 (default; the loop's ``mixed_precision`` adds autocast) or float64.
+* the loop's ``gradient_checkpointing`` recomputes U-Net blocks (and chat layers) in the backward pass.
 * ``data`` - ``samples`` (.jsonl, simple layout) and/or ``rovi_json`` (+ ``rovi_root``, ``rovi_fields``),
   ``num_frames`` 24, ``width`` 512, ``height`` 320, ``stride`` 1, ``video_batch``, ``image_batch``,
   ``video_image_ratio`` [3, 1], ``seed``. Dataset items are whole batches: run the loop with batch size 1.
@@ -24,12 +25,14 @@ from typing import Any, Mapping
 
 import torch
 
+from ..loop import check_parameter_groups
 from .data import OFFICIAL_FRAMES, VIDEO_IMAGE_RATIO, MixedBatches, RemovalSamples, collate, read_records
 from .model import LGVIITrainingModel, LGVITrainingModel
 from .objective import LossSettings
 from .saving import save_lgvi_folder, save_lgvi_i_folder
 
 LEARNING_RATES = {"unet": 3e-5, "mask_decoder": 1e-4, "mllm": 1e-4}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # float64: exact comparisons (tests)
 
 
 def _unwrap(model):
@@ -65,9 +68,10 @@ class LGVIRecipe:
 
     @staticmethod
     def _finish(model, config):
-        if config.get("gradient_checkpointing"):
-            model.enable_gradient_checkpointing()
-        return model.train()
+        dtype = config.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} (mixed precision is the loop's mixed_precision), got {dtype!r}")
+        return model.to(DTYPES[dtype]).train()
 
     def parameter_groups(self, model: torch.nn.Module, config: Mapping[str, Any]) -> list[dict]:
         model = _unwrap(model)
@@ -79,7 +83,7 @@ class LGVIRecipe:
         ]
         groups += self._extra_groups(model, rates)
         groups = [group for group in groups if group["params"]]
-        _check_groups(model, groups)
+        check_parameter_groups(model, groups)
         return groups
 
     def _extra_groups(self, model, rates) -> list[dict]:
@@ -111,8 +115,9 @@ class LGVIRecipe:
         from ...video_io import write_video  # noqa: PLC0415
 
         model = _unwrap(model)
-        frames = ((batch["video"][0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
-        result = self._remove(model, frames, batch)
+        group = batch["groups"][0]
+        frames = ((group["video"][0].permute(1, 2, 3, 0).float() + 1) / 2).clamp(0, 1).cpu()
+        result = self._remove(model, frames, group)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         out = [write_video(directory / f"step{step:07d}.mp4", result.frames)]
@@ -163,14 +168,3 @@ class LGVIIRecipe(LGVIRecipe):
             return model.pipeline()(frames, context=turn.context, num_inference_steps=10, seed=0)
         finally:
             model.train(was_training)
-
-
-def _check_groups(model, groups) -> None:
-    """Every trainable parameter in exactly one group, no frozen one in any."""
-    grouped = [id(p) for group in groups for p in group["params"]]
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    if len(grouped) != len(set(grouped)) or set(grouped) != trainable:
-        raise RuntimeError("LGVI parameter groups do not cover the trainable parameters exactly once")
-
-
-RECIPES = {LGVIRecipe.name: LGVIRecipe, LGVIIRecipe.name: LGVIIRecipe}
