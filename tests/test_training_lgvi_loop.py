@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -19,7 +21,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import test_lgvi_tiny as tiny
 import tiny_models
 from cococo_core.training.config import TrainConfig
 from cococo_core.training.loop import train
@@ -90,19 +91,31 @@ def test_lgvi_on_the_loop_resumes_exactly_and_two_processes_match_one(samples, t
     assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 100 * tolerance
 
 
-def test_lgvi_i_on_the_loop_saves_a_folder_the_chat_and_diffusion_stages_load(samples, tmp_path):
+def readme_training_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Training LGVI / LGVI-I"):]
+    return [line for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines() if line.strip()]
+
+
+def test_readme_training_commands_run_and_the_outputs_load(tmp_path):
+    """The README's tiny LGVI -> LGVI-I commands as written (run in a scratch folder), then both stages load the result."""
     from cococo_core.lgvi import LGVIChat, LGVIPipeline
 
-    options = {"pretrained": str(tiny.lgvi_folder(8)), "chat_model": str(tiny.llava_hf_folder()),
-               "data": {"samples": str(samples), "num_frames": FRAMES, "width": SIZE, "height": SIZE}}
-    result = train(TrainConfig(recipe="lgvi-i", output_dir=str(tmp_path / "run"), max_steps=2, checkpoint_every=0,
-                               gradient_checkpointing=True, options=options))
-    final = tmp_path / "run" / "final"
-    assert final / "llava" / "llava_weights.pth" in result.saved
-    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert {"diffusion", "mask", "lm"} <= set(metrics)
-    chat = LGVIChat.load(tiny.llava_hf_folder(), final / "llava" / "llava_weights.pth")
+    commands = readme_training_commands()
+    assert [c.split()[1] for c in commands] == ["training/make_tiny_lgvi.py", "training/train_lgvi.py", "training/train_lgvi.py", "-m"]
+    (tmp_path / "training").symlink_to(ROOT / "training")  # the commands name repository-relative scripts
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for command in commands:
+        args = shlex.split(command)
+        assert args[0] == "python"
+        done = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, command + "\n" + done.stderr[-3000:]
+    final = tmp_path / "runs" / "lgvi-i-tiny" / "final"
+    metrics = json.loads((tmp_path / "runs" / "lgvi-i-tiny" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"diffusion", "mask", "lm"} <= set(metrics) and metrics["step"] == 2
+    chat = LGVIChat.load(tmp_path / "runs" / "tiny-lgvi" / "llava", final / "llava" / "llava_weights.pth")
     turn = chat.ask(chat.start(np.zeros((SIZE, SIZE, 3), np.float32)), "remove the bird", max_new_tokens=4)
     pipe = LGVIPipeline.from_pretrained(final, device="cpu", text_encoder=False)
     out = pipe(np.zeros((FRAMES, SIZE, SIZE, 3), np.float32), context=turn.context, num_inference_steps=2)
     assert out.frames.shape == (FRAMES, SIZE, SIZE, 3) and out.mask is not None
+    assert (tmp_path / "runs" / "removed.mp4").stat().st_size > 0
