@@ -97,13 +97,29 @@ def freeze_all_but_motion(model: CoCoCoTrainModel) -> int:
     return len(trained)
 
 
-def _checkpointed_forward(module, *args, **kwargs):
+def _checkpointed_block(block, video_unet, *args, **kwargs):
+    """Run a U-Net block (its resnets, spatial transformers and motion modules) under activation checkpointing.
+
+    The motion modules read the frame count and the video-level text from the VideoUNet's per-call context, which
+    is gone when the backward pass recomputes the block; the recomputation therefore restores the context that
+    was current during the forward pass."""
     from torch.utils.checkpoint import checkpoint
 
-    forward = type(module).forward
-    if torch.is_grad_enabled():
-        return checkpoint(forward, module, *args, use_reentrant=False, **kwargs)
-    return forward(module, *args, **kwargs)
+    forward = type(block).forward
+    if not torch.is_grad_enabled():
+        return forward(block, *args, **kwargs)
+    call = video_unet._call
+    frames, text = call.frames, call.text
+
+    def run(*a, **k):
+        saved = call.frames, call.text
+        call.frames, call.text = frames, text
+        try:
+            return forward(block, *a, **k)
+        finally:
+            call.frames, call.text = saved
+
+    return checkpoint(run, *args, use_reentrant=False, **kwargs)
 
 
 class CoCoCoRecipe:
@@ -150,10 +166,11 @@ class CoCoCoRecipe:
         return model
 
     def enable_gradient_checkpointing(self, model: CoCoCoTrainModel) -> None:
-        """Recompute each motion module, and the spatial U-Net blocks (diffusers), in the backward pass."""
-        for _, module in model.unet.motion_modules:
-            module.forward = functools.partial(_checkpointed_forward, module)
-        model.unet.unet.enable_gradient_checkpointing()
+        """Recompute every U-Net block (spatial layers and the motion modules in it) in the backward pass."""
+        from ...models.video_unet import motion_sites
+
+        for site in motion_sites(model.unet.unet):
+            site.block.forward = functools.partial(_checkpointed_block, site.block, model.unet)
 
     def parameter_groups(self, model: nn.Module, config: Mapping[str, Any]) -> list[dict]:
         params = [p for _, p in motion_parameters(model)]
