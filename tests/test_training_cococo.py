@@ -260,4 +260,4 @@ def test_the_loop_trains_the_recipe_with_validation_and_checkpoints(prepared, tm
     assert result.step == 2 and result.micro_step == 4 and len(result.losses) == 2
     assert [p.name for p in result.validation] == ["step00000002-0.mp4"]
     assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "trainable_0.safetensors").is_file()
-    assert (tmp_path / "run" / "final" / "cococo_motion.safetensors").is_file()
+    assert (tmp_path / "run" / "weights" / "step-00000002" / "cococo_motion.safetensors").is_file()
