@@ -15,7 +15,7 @@ file) sets up. What the loop does:
   the *trained* tensors only (``trainable_0.safetensors``; frozen weights are rebuilt by the recipe), EMA, and
   ``train_state.json`` (step, micro-step = data position). ``resume="latest"`` or a folder continues exactly;
 * validation samples every N steps (``recipe.validate`` on the main process, EMA weights when EMA is on);
-* at the end ``recipe.save_pretrained`` into ``output_dir/final``.
+* at the end ``recipe.save_pretrained`` into ``output_dir/weights/step-XXXXXXXX`` (never over existing files).
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 STATE_FILE = "train_state.json"
 EMA_FILE = "ema.safetensors"
+WEIGHTS_DIR = "weights"
 
 
 @dataclass
@@ -287,7 +288,7 @@ class Trainer:
         validation_batch = None
         if config.validate_every and hasattr(self.recipe, "validate") and accelerator.is_main_process:
             validation_batch = self._validation_batch()
-        progress = _progress(accelerator, config.max_steps, self.step)
+        progress = _progress(accelerator, self.total_steps(), self.step)
         window: list[dict[str, torch.Tensor]] = []
         started = time.perf_counter()
         self.model.train()
@@ -333,6 +334,13 @@ class Trainer:
         accelerator.end_training()
         return result
 
+    def total_steps(self) -> int:
+        """Optimizer steps this run ends at: ``max_steps``, or fewer when ``max_epochs`` ends the data first."""
+        if self.config.max_epochs is None:
+            return self.config.max_steps
+        per_epoch = len(self.dataset) // (self.config.train_batch_size * self.accelerator.num_processes)
+        return min(self.config.max_steps, self.config.max_epochs * per_epoch // self.config.gradient_accumulation_steps)
+
     def _reduce(self, window: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Mean of each logged value over the micro-steps of this optimizer step and over the processes."""
         names = list(window[0])
@@ -360,14 +368,22 @@ class Trainer:
             model.train()
         return list(files or [])
 
+    def weights_dir(self) -> Path:
+        """Where the exported weights of the current step go: ``output_dir/weights/step-XXXXXXXX``."""
+        return self.output_dir / WEIGHTS_DIR / f"step-{self.step:08d}"
+
     def save_final(self) -> list[Path]:
         self.accelerator.wait_for_everyone()
         saved: list[Path] = []
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
             use_ema = self.ema is not None and self.config.ema_export
+            folder = self.weights_dir()
+            if folder.exists() and any(folder.iterdir()):
+                log.info("%s exists already (this step was exported before); not written again", folder)
+                return sorted(p for p in folder.rglob("*") if p.is_file())
             with (self.ema.swapped_in() if use_ema else _nothing()):
-                saved = list(self.recipe.save_pretrained(model, self.output_dir / "final"))
+                saved = list(self.recipe.save_pretrained(model, folder))
         self.accelerator.wait_for_everyone()
         return saved
 
