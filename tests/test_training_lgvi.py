@@ -215,10 +215,8 @@ def test_lgvi_losses_decrease_on_a_fixed_batch_and_the_saved_folder_loads_in_the
 
     files = recipe.save_pretrained(model, tmp_path / "lgvi")
     assert tmp_path / "lgvi" / "unet" / "diffusion_pytorch_model.safetensors" in files
-    assert recipe.save_pretrained(model, tmp_path / "lgvi") == files  # a resumed run re-exports over its own save
-    (tmp_path / "other" / "unet").mkdir(parents=True)
-    with pytest.raises(FileExistsError):  # anything else is never overwritten
-        recipe.save_pretrained(model, tmp_path / "other")
+    with pytest.raises(FileExistsError):  # never written over existing files
+        recipe.save_pretrained(model, tmp_path / "lgvi")
     config_json = json.loads((tmp_path / "lgvi" / "unet" / "config.json").read_text())
     assert config_json["_class_name"] == "RoviModel" and config_json["down_block_types"][0] == "CrossAttnDownBlock3D"
     pipe = LGVIPipeline.from_pretrained(tmp_path / "lgvi", device="cpu")  # strict key check

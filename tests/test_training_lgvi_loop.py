@@ -110,7 +110,7 @@ def test_readme_training_commands_run_and_the_outputs_load(tmp_path):
         assert args[0] == "python"
         done = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, command + "\n" + done.stderr[-3000:]
-    final = tmp_path / "runs" / "lgvi-i-tiny" / "final"
+    final = tmp_path / "runs" / "lgvi-i-tiny" / "weights" / "step-00000002"
     metrics = json.loads((tmp_path / "runs" / "lgvi-i-tiny" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"diffusion", "mask", "lm"} <= set(metrics) and metrics["step"] == 2
     chat = LGVIChat.load(tmp_path / "runs" / "tiny-lgvi" / "llava", final / "llava" / "llava_weights.pth")

@@ -15,7 +15,6 @@ same chat model folder it was trained from.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -24,30 +23,17 @@ from safetensors.torch import save_file
 from .unet_init import official_unet_config
 
 
-def _previous_save(directory: Path) -> bool:
-    """True where ``directory`` holds an earlier save of this module (a resumed run re-exports its final weights)."""
-    try:
-        return json.loads((directory / "unet" / "config.json").read_text())["_class_name"] == "RoviModel" \
-            and (directory / "model_index.json").is_file()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _clear_for_writing(directory: Path, names) -> None:
-    """Replace an earlier save; refuse to write over anything else."""
+def _refuse_existing(directory: Path, names) -> None:
     existing = [name for name in names if (directory / name).exists()]
-    if existing and not _previous_save(directory):
+    if existing:
         raise FileExistsError(f"{directory} already holds {', '.join(existing)}; choose an empty output folder")
-    for name in existing:
-        path = directory / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def save_lgvi_folder(model, directory: str | Path) -> list[Path]:
     """The LGVI folder of a :class:`~.model.LGVITrainingModel` (or its LGVI-I subclass)."""
     directory = Path(directory)
     parts = ["unet", "vae", "scheduler", "model_index.json"] + (["text_encoder", "tokenizer"] if model.text_encoder is not None else [])
-    _clear_for_writing(directory, parts + ["llava"])
+    _refuse_existing(directory, parts + ["llava"])
     (directory / "unet").mkdir(parents=True)
     config_path = directory / "unet" / "config.json"
     config_path.write_text(json.dumps(official_unet_config(model.unet.config), indent=2))
