@@ -40,6 +40,9 @@ from .unet_init import build_unet, enable_gradient_checkpointing
 logger = logging.getLogger(__name__)
 
 
+ALWAYS_EVAL = ("vae", "text_encoder", "vision_tower")
+
+
 def _frozen(module: nn.Module | None) -> nn.Module | None:
     if module is not None:
         module.requires_grad_(False).eval()
@@ -86,8 +89,11 @@ class LGVITrainingModel(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for module in self.frozen_modules().values():
-            module.eval()  # frozen parts never switch to training behaviour (dropout)
+        for name, module in self.frozen_modules().items():
+            # frozen encoders never switch to training behaviour; the chat model's frozen layers follow the mode,
+            # as transformers recomputes them (gradient checkpointing) only in training mode (LLaVA: no dropout)
+            if name in ALWAYS_EVAL:
+                module.eval()
         return self
 
     def frozen_modules(self) -> dict[str, nn.Module]:
