@@ -238,7 +238,7 @@ class MixedBatches(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole batches: ``video_batch`` video samples or ``image_batch``
     image samples (1-frame videos cannot share a tensor with 24-frame ones), in the repeating pattern
     ``ratio`` (3 video batches, then 1 image batch). The grouping is a fixed function of ``seed``, so
-    the loop can shuffle, shard and resume the batches like any samples (its batch size must be 1)."""
+    the loop can shuffle, shard and resume the batches like any samples (see :func:`collate`)."""
 
     def __init__(self, samples: RemovalSamples, *, video_batch: int = 1, image_batch: int = 1,
                  ratio: tuple[int, int] = VIDEO_IMAGE_RATIO, seed: int = 0):

@@ -16,7 +16,8 @@ Recipe config keys (besides the loop's own):
 * the loop's ``gradient_checkpointing`` recomputes U-Net blocks (and chat layers) in the backward pass.
 * ``data`` - ``samples`` (.jsonl, simple layout) and/or ``rovi_json`` (+ ``rovi_root``, ``rovi_fields``),
   ``num_frames`` 24, ``width`` 512, ``height`` 320, ``stride`` 1, ``video_batch``, ``image_batch``,
-  ``video_image_ratio`` [3, 1], ``seed``. Dataset items are whole batches: run the loop with batch size 1.
+  ``video_image_ratio`` [3, 1], ``seed``. Dataset items are whole batch groups; the loop's ``train_batch_size``
+  counts groups per process (each group's loss is computed apart, then averaged).
 """
 from __future__ import annotations
 
