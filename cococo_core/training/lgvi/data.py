@@ -236,8 +236,8 @@ def _pixels(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
 
 class MixedBatches(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole batches: ``video_batch`` video samples or ``image_batch``
-    image samples (1-frame videos cannot share a tensor with 24-frame ones), in the repeating pattern
-    ``ratio`` (3 video batches, then 1 image batch). The grouping is a fixed function of ``seed``, so
+    image samples (1-frame videos cannot share a tensor with 24-frame ones), ``ratio`` (3 video batches to
+    1 image batch) per epoch, listed in that repeating pattern (a sampler that shuffles keeps the ratio). The grouping is a fixed function of ``seed``, so
     the loop can shuffle, shard and resume the batches like any samples (see :func:`collate`)."""
 
     def __init__(self, samples: RemovalSamples, *, video_batch: int = 1, image_batch: int = 1,
