@@ -140,7 +140,8 @@ def test_images_are_one_frame_videos_and_batches_mix_videos_and_images_three_to_
     assert float(samples[0]["mask"].amax()) == 1.0 and samples[0]["video"].min() >= -1
     assert samples[0]["response"].endswith("{{prompt}} remove the bird on the left {{/prompt}}")
     mixed = MixedBatches(samples, video_batch=1, image_batch=1)
-    assert [samples.frame_count(group[0]) == 1 for group in mixed.batches] == [False, False, False, True]
+    assert [samples.is_image(group[0]) for group in mixed.batches] == [False, False, False, True]
+    assert [samples.frame_count(i) for i in range(4)] == [3, 3, 3, 1]
     assert interleave(list("vvvvvv"), list("ii"), (3, 1)) == list("vvvivvvi")
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ...lgvi.prompting import MARKER_CLOSE, MARKER_OPEN
 from ...lgvi.video_tensor import OFFICIAL_SIZE, to_model_input
-from ...video_io import read_frames, read_mask
+from ...video_io import _image_files, read_frames, read_mask
 
 OFFICIAL_FRAMES = 24
 VIDEO_IMAGE_RATIO = (3, 1)  # paper §5.1: video and image samples 3 : 1
@@ -194,6 +194,12 @@ class RemovalSamples(torch.utils.data.Dataset):
     def frame_count(self, index: int) -> int:
         return _count_frames(self.records[index].video)
 
+    def is_image(self, index: int) -> bool:
+        """A 1-frame sample (an image file or a one-image folder); a video file counts as a video (not decoded)."""
+        source = self.records[index].video
+        files = _image_files(source)
+        return files is not None and len(files) == 1
+
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         total = _count_frames(record.video)
@@ -222,7 +228,12 @@ class RemovalSamples(torch.utils.data.Dataset):
 
 
 def _count_frames(source: str) -> int:
-    return _FRAME_COUNTS.setdefault(source, int(read_frames(source).frames.shape[0]))
+    """Frames of a source: the file count of an image folder / glob / image (no decoding); a video file is
+    decoded once (cached)."""
+    if source not in _FRAME_COUNTS:
+        files = _image_files(source)
+        _FRAME_COUNTS[source] = len(files) if files is not None else int(read_frames(source).frames.shape[0])
+    return _FRAME_COUNTS[source]
 
 
 _FRAME_COUNTS: dict[str, int] = {}
@@ -246,7 +257,7 @@ class MixedBatches(torch.utils.data.Dataset):
         generator = torch.Generator().manual_seed(int(seed))
         kinds: dict[str, list[int]] = {"video": [], "image": []}
         for index in range(len(samples)):
-            kinds["image" if samples.frame_count(index) == 1 else "video"].append(index)
+            kinds["image" if samples.is_image(index) else "video"].append(index)
         groups = {}
         for kind, size in (("video", video_batch), ("image", image_batch)):
             order = [kinds[kind][i] for i in torch.randperm(len(kinds[kind]), generator=generator).tolist()]
