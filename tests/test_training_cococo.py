@@ -261,3 +261,18 @@ def test_the_loop_trains_the_recipe_with_validation_and_checkpoints(prepared, tm
     assert [p.name for p in result.validation] == ["step00000002-0.mp4"]
     assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "trainable_0.safetensors").is_file()
     assert (tmp_path / "run" / "weights" / "step-00000002" / "cococo_motion.safetensors").is_file()
+
+
+def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_motion_modules(built):
+    from cococo_core.training.cococo.recipe import store_frozen_in
+
+    recipe, model, batch, _ = built
+    model = copy.deepcopy(model)
+    store_frozen_in(model, torch.bfloat16)
+    for name, param in model.named_parameters():
+        assert param.dtype == (torch.float32 if param.requires_grad else torch.bfloat16), name
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = recipe.loss(model, batch, torch.Generator())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

@@ -362,7 +362,8 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         try:
-            with torch.no_grad(), (self.ema.swapped_in() if self.ema is not None else _nothing()):
+            with torch.no_grad(), self.accelerator.autocast(), \
+                    (self.ema.swapped_in() if self.ema is not None else _nothing()):
                 files = self.recipe.validate(model, to_device(batch, self.accelerator.device), folder, self.step)
         finally:
             model.train()
