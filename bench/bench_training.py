@@ -3,8 +3,8 @@
 Training step: the recipe's model (SD-1.5-inpainting U-Net + 21 motion modules, VAE, CLIP-L text encoder) with
 RANDOM weights at full size, one clip of ``--frames`` x 256 x 384 (paper: 16), the recipe's loss (two VAE
 encodes, text encoding, U-Net forward) + backward + an optimizer step on the 606 M motion parameters. Cases:
-gradient checkpointing off/on x fp32 / bf16 autocast (frozen VAE + text encoder stored in bf16, as the recipe
-does under bf16). Each case runs in a fresh process (one warm-up step, then ``--steps`` timed steps); peak memory
+gradient checkpointing off/on x fp32 / bf16 autocast (frozen weights stored in bf16, as the recipe does under
+bf16). Each case runs in a fresh process (one warm-up step, then ``--steps`` timed steps); peak memory
 is that process's peak RSS, sampled by the parent, which stops a case that exceeds ``--max-rss-gb``.
 The optimizer is SGD (no state) so that the fp32 case fits on a small machine; AdamW adds 2 x 4 bytes x 606 M =
 4.85 GB of state on top (reported, not allocated).
@@ -15,7 +15,7 @@ Data preparation: ``prepare()`` on a synthetic WebVid-layout set (moving shapes,
     timeout 3600 .venv/bin/python bench/bench_training.py [--frames 16] [--steps 1] [--max-rss-gb 10]
     .venv/bin/python bench/bench_training.py --tiny     # the same code on the tiny test models (seconds)
 
-Prints a table and writes ``bench/results/bench_training.json``.
+Prints a table and writes ``bench/results/bench_training_<frames>f.json``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def build_model(tiny: bool, precision: str):
     from cococo_core.models.sd15 import SD15_INPAINT_UNET_CONFIG
     from cococo_core.models.video_unet import VideoUNet
     from cococo_core.training.cococo.motion_init import kaiming_init_new_layers
-    from cococo_core.training.cococo.recipe import CoCoCoTrainModel, freeze_all_but_motion
+    from cococo_core.training.cococo.recipe import CoCoCoTrainModel, freeze_all_but_motion, store_frozen_in
 
     if tiny:
         import tiny_models
@@ -63,8 +63,7 @@ def build_model(tiny: bool, precision: str):
     kaiming_init_new_layers(video, torch.Generator().manual_seed(0))
     model = CoCoCoTrainModel(video, vae, text, vae_chunk=8)
     if precision == "bf16":
-        model.vae.to(torch.bfloat16)
-        model.text_encoder.to(torch.bfloat16)
+        store_frozen_in(model, torch.bfloat16)
     freeze_all_but_motion(model)
     return model
 
@@ -97,7 +96,8 @@ def child(args) -> None:
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    step()  # warm-up
+    for _ in range(args.warmup):
+        step()
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -120,7 +120,7 @@ def rss_gb(pid: int) -> float:
 
 def run_case(case: str, args) -> dict:
     command = [sys.executable, __file__, "--child", case, "--frames", str(args.frames), "--steps", str(args.steps),
-               "--threads", str(args.threads)] + (["--tiny"] if args.tiny else [])
+               "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--tiny"] if args.tiny else [])
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
     peak, over = 0.0, False
     while process.poll() is None:
@@ -165,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (0: time the first step)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-rss-gb", type=float, default=10.0)
     parser.add_argument("--videos", type=int, default=8, help="videos for the data-preparation measurement")
@@ -197,7 +198,7 @@ def main() -> None:
                   f"| {row['seconds']:.1f} | {row['videos_per_minute']:.1f} |")
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    name = "bench_training_tiny.json" if args.tiny else "bench_training.json"
+    name = f"bench_training{'_tiny' if args.tiny else ''}_{args.frames}f.json"
     (results / name).write_text(json.dumps({"frames": args.frames, "threads": args.threads, "training": rows,
                                             "data_preparation": data}, indent=1))
 

@@ -122,3 +122,20 @@ def toy_initial_head() -> dict[str, torch.Tensor]:
     from training_toy import ToyModel
 
     return ToyModel().head.state_dict()
+
+
+def test_validate_is_optional_and_missing_members_are_named(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from training_toy import ToyRecipe
+
+    members = {k: v for k, v in vars(ToyRecipe).items() if k not in ("validate", "__dict__", "__weakref__")}
+    recipe = type("NoValidation", (), members)()
+    assert not hasattr(recipe, "validate")
+    result = train(toy_config(tmp_path / "nv", max_steps=2, checkpoint_every=0, validate_every=1), recipe)
+    assert result.step == 2 and result.validation == []
+
+    class Broken:
+        name = "broken"
+
+    with pytest.raises(TypeError, match="lacks"):
+        train(toy_config(tmp_path / "b"), Broken())
