@@ -261,3 +261,32 @@ def test_the_loop_trains_the_recipe_with_validation_and_checkpoints(prepared, tm
     assert [p.name for p in result.validation] == ["step00000002-0.mp4"]
     assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "trainable_0.safetensors").is_file()
     assert (tmp_path / "run" / "weights" / "step-00000002" / "cococo_motion.safetensors").is_file()
+
+
+def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_motion_modules(built):
+    from cococo_core.training.cococo.recipe import store_frozen_in
+
+    recipe, model, batch, _ = built
+    model = copy.deepcopy(model)
+    store_frozen_in(model, torch.bfloat16)
+    for name, param in model.named_parameters():
+        assert param.dtype == (torch.float32 if param.requires_grad else torch.bfloat16), name
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = recipe.loss(model, batch, torch.Generator())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_preparation_splits_rows_over_ranks(prepared, tmp_path):
+    from cococo_core.training.cococo.prepare import PrepareOptions, prepare
+    from cococo_core.training.shards import ShardReader, complete_shards
+
+    root, _, _ = prepared
+    common = dict(csv=str(root / "results.csv"), video_root=str(root / "videos"), output=str(tmp_path / "shards"),
+                  scene_filter=False, min_frames=FRAMES, max_frames=6, short_side=32, world_size=2)
+    runs = [prepare(PrepareOptions(**common, rank=rank)) for rank in (0, 1)]
+    assert [r["this_run"]["seen"] for r in runs] == [3, 3]  # 6 rows: 0, 2, 4 and 1, 3, 5
+    keys = {shard.name[:4]: set(ShardReader([shard]).keys()) for shard in complete_shards(tmp_path / "shards")}
+    assert set(keys) == {"r000", "r001"} and not keys["r000"] & keys["r001"]
+    assert runs[1]["written"] == 4 and runs[1]["skipped"] == {"missing": 1, "unreadable": 1}  # no scene filter

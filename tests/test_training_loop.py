@@ -122,3 +122,30 @@ def toy_initial_head() -> dict[str, torch.Tensor]:
     from training_toy import ToyModel
 
     return ToyModel().head.state_dict()
+
+
+def test_validate_is_optional_and_missing_members_are_named(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from training_toy import ToyRecipe
+
+    members = {k: v for k, v in vars(ToyRecipe).items() if k not in ("validate", "__dict__", "__weakref__")}
+    recipe = type("NoValidation", (), members)()
+    assert not hasattr(recipe, "validate")
+    result = train(toy_config(tmp_path / "nv", max_steps=2, checkpoint_every=0, validate_every=1), recipe)
+    assert result.step == 2 and result.validation == []
+
+    class Broken:
+        name = "broken"
+
+    with pytest.raises(TypeError, match="lacks"):
+        train(toy_config(tmp_path / "b"), Broken())
+
+
+@pytest.mark.parametrize("name", ["paper", "finetune", "tiny_cpu_smoke"])
+def test_shipped_configs_parse(name):
+    config = load_config(ROOT / "training" / "configs" / f"{name}.yaml")
+    assert config.recipe == "cococo" and config.options["frames"] in (4, 16)
+    if name == "paper":  # the paper: effective batch 256 on 8 GPUs, AdamW 1e-4 constant, 1 epoch, 16x256x384
+        assert config.train_batch_size * 8 * config.gradient_accumulation_steps == 256
+        assert (config.learning_rate, config.lr_scheduler, config.max_epochs) == (1e-4, "constant", 1)
+        assert (config.options["height"], config.options["width"]) == (256, 384)

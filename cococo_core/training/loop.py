@@ -183,8 +183,7 @@ class Trainer:
         _check_world(self.accelerator)
         set_seed(config.seed)
         self.recipe = recipe if recipe is not None else resolve_recipe(config.recipe)
-        if not isinstance(self.recipe, Recipe):
-            raise TypeError(f"{type(self.recipe).__name__} does not implement the training Recipe protocol")
+        check_recipe(self.recipe)
         self.recipe_config = config.recipe_config()
         self._build()
 
@@ -362,7 +361,8 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         try:
-            with torch.no_grad(), (self.ema.swapped_in() if self.ema is not None else _nothing()):
+            with torch.no_grad(), self.accelerator.autocast(), \
+                    (self.ema.swapped_in() if self.ema is not None else _nothing()):
                 files = self.recipe.validate(model, to_device(batch, self.accelerator.device), folder, self.step)
         finally:
             model.train()
@@ -400,6 +400,17 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+REQUIRED_RECIPE_MEMBERS = ("name", "build_model", "parameter_groups", "build_dataset", "collate", "loss",
+                           "save_pretrained")
+
+
+def check_recipe(recipe) -> None:
+    """The members of :class:`Recipe` a recipe must have (``validate`` is optional)."""
+    missing = [member for member in REQUIRED_RECIPE_MEMBERS if not hasattr(recipe, member)]
+    if missing:
+        raise TypeError(f"{type(recipe).__name__} is not a training recipe: it lacks {missing} (see training/recipe.py)")
 
 
 def _check_world(accelerator) -> None:

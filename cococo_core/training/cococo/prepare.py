@@ -158,8 +158,10 @@ class Annotator:
     def __init__(self, detector, options: PrepareOptions):
         self.detector, self.options = detector, options
         self.text_calls = 0
-        backbone = detector.model.model.text_backbone
-        backbone.register_forward_hook(self._count_text)
+        self._hook = detector.model.model.text_backbone.register_forward_hook(self._count_text)
+
+    def close(self) -> None:
+        self._hook.remove()
 
     def _count_text(self, *args):
         self.text_calls += 1
@@ -322,6 +324,8 @@ def prepare(options: PrepareOptions, detector=None) -> dict:
     finally:
         if writer is not None:  # interrupted: drop the half shard, its videos are redone next time
             writer.abort()
+        if annotator is not None:
+            annotator.close()
     stats.seconds = time.perf_counter() - started
     summary = summarize(output)
     summary["this_run"] = {"rank": options.rank, "world_size": options.world_size, "seen": stats.seen,

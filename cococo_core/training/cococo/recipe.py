@@ -97,6 +97,17 @@ def freeze_all_but_motion(model: CoCoCoTrainModel) -> int:
     return len(trained)
 
 
+def store_frozen_in(model: CoCoCoTrainModel, dtype: torch.dtype) -> None:
+    """Under mixed precision the frozen weights (VAE, text encoder, spatial U-Net) are stored in the compute dtype
+    (half the memory; they get no gradients and autocast runs them in that dtype anyway); the trained motion
+    modules stay float32 (the optimizer updates float32 master weights)."""
+    model.vae.to(dtype)
+    model.text_encoder.to(dtype)
+    model.unet.unet.to(dtype)
+    for _, module in model.unet.motion_modules:
+        module.float()
+
+
 def _checkpointed_block(block, video_unet, *args, **kwargs):
     """Run a U-Net block (its resnets, spatial transformers and motion modules) under activation checkpointing.
 
@@ -157,9 +168,8 @@ class CoCoCoRecipe:
             kaiming_init_new_layers(unet, generator)
         model = CoCoCoTrainModel(unet, parts.vae, parts.text_encoder, int(config.get("vae_chunk", 8)))
         frozen_dtype = DTYPES.get(str(config.get("mixed_precision", "no")))
-        if frozen_dtype is not None:  # frozen encoders in the compute dtype: half the memory, no gradients anyway
-            model.vae.to(frozen_dtype)
-            model.text_encoder.to(frozen_dtype)
+        if frozen_dtype is not None:
+            store_frozen_in(model, frozen_dtype)
         count = freeze_all_but_motion(model)
         log.info("training %d motion-module tensors (%.1f M parameters); everything else frozen", count,
                  sum(p.numel() for _, p in motion_parameters(model)) / 1e6)
