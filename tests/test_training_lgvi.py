@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import test_lgvi_tiny as tiny
 import tiny_models
@@ -21,37 +22,17 @@ from cococo_core.training.lgvi.data import MixedBatches, RemovalSamples, interle
 from cococo_core.training.lgvi.objective import add_noise, mask_loss, quadratic_mask_weight
 from cococo_core.training.lgvi.unet_init import inflate_2d_unet
 
-SIZE = 64  # latent 8x8: the tiny U-Net's deepest level stays above 1x1 (GroupNorm in training mode)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+import make_tiny_lgvi  # noqa: E402
+
+SIZE = make_tiny_lgvi.SIZE  # latent 8x8: the tiny U-Net's deepest level stays above 1x1 (GroupNorm in training mode)
 FRAMES = 2
-RESPONSE = "Sure, I will remove the bird on the left for you. <PROMPT> remove the bird on the left </PROMPT>"
-
-
-def _write_frames(folder, frames):
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"{index:03d}.png")
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     """3 videos (3 frames: clips start at a seeded offset) with masks and 1 image pair without, simple layout."""
-    root = tmp_path_factory.mktemp("lgvi-data")
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(3):
-        video = rng.integers(0, 255, (3, SIZE, SIZE, 3), dtype=np.uint8)
-        target, mask = video.copy(), np.zeros_like(video)
-        target[:, 16:40, 8:48] = 120
-        mask[:, 16:40, 8:48] = 255
-        for name, frames in (("video", video), ("target", target), ("mask", mask)):
-            _write_frames(root / f"{name}{i}", frames)
-        lines.append({"video": f"video{i}", "target": f"target{i}", "mask": f"mask{i}", "expression": "remove the bird on the left",
-                      "request": "could you remove the bird?", "response": RESPONSE})
-    Image.fromarray(video[0]).save(root / "image.png")
-    Image.fromarray(target[0]).save(root / "image_target.png")
-    lines.append({"video": "image.png", "target": "image_target.png", "expression": "remove the bird"})
-    (root / "samples.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
-    return root
+    return make_tiny_lgvi.write_dataset(tmp_path_factory.mktemp("lgvi-data")).parent
 
 
 def _config(dataset_dir, **extra):
