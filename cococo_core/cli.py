@@ -17,6 +17,8 @@ COMMANDS = {
     "merge": "personalize: merge a DreamBooth checkpoint / LoRAs into SD-inpainting by task vectors",
     "convert-motion": "convert the official CoCoCo model_0..3.pth files into one .safetensors file",
     "remove": "language-driven object removal with LGVI / LGVI-I",
+    "prepare-data": "WebVid-layout videos -> annotated CoCoCo training shards (scene filter, GroundingDINO boxes)",
+    "train": "train motion modules (CoCoCo) or another recipe with the shared Accelerate loop",
 }
 
 

@@ -49,8 +49,9 @@ class MaskDecoder(nn.Module):
         )
         self.final_conv = nn.Conv2d(reduced_channels, 1, 1)
 
-    def forward(self, features: list[torch.Tensor], num_frames: int) -> torch.Tensor:
-        """features: (B*F, C_i, H_i, W_i) coarse to fine -> mask probabilities (B*F, 1, H, W)."""
+    def forward(self, features: list[torch.Tensor], num_frames: int, *, logits: bool = False) -> torch.Tensor:
+        """features: (B*F, C_i, H_i, W_i) coarse to fine -> mask probabilities (B*F, 1, H, W), or the
+        pre-sigmoid logits with ``logits`` (training computes the cross-entropy from them, stably)."""
         x = features[0]
         for i, project in enumerate(self.projects):
             x = project(x, num_frames)
@@ -60,4 +61,5 @@ class MaskDecoder(nn.Module):
                     # official: nearest x2 for the first level; an explicit size also covers odd latents
                     x = F.interpolate(x, size=following.shape[-2:], mode="nearest")
                 x = torch.cat([x, following.to(x.dtype)], dim=1)
-        return torch.sigmoid(self.final_conv(x))
+        out = self.final_conv(x)
+        return out if logits else torch.sigmoid(out)

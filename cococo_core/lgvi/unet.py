@@ -175,9 +175,11 @@ class LGVIUNet(nn.Module):
         condition: torch.Tensor,
         *,
         return_mask: bool = False,
+        mask_logits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """sample, condition: (B, 4, F, h, w) latents; context: (B, L, D). Returns eps (B, 4, F, h, w)
-        and, with ``return_mask`` (and a mask decoder), the removal-mask probabilities (B, 1, F, h, w)."""
+        and, with ``return_mask`` (and a mask decoder), the removal-mask probabilities (B, 1, F, h, w)
+        (their logits with ``mask_logits``)."""
         batch, _, num_frames, height, width = sample.shape
         x = _frames_to_batch(sample)
         c = _frames_to_batch(condition.to(sample.dtype))
@@ -209,7 +211,8 @@ class LGVIUNet(nn.Module):
         eps = self.conv_out(self.conv_act(self.conv_norm_out(x, num_frames)))
         mask = None
         if return_mask and self.mask_decoder is not None:
-            mask = self.mask_decoder([f.to(self.mask_decoder.final_conv.weight.dtype) for f in up_features], num_frames)
+            features = [f.to(self.mask_decoder.final_conv.weight.dtype) for f in up_features]
+            mask = self.mask_decoder(features, num_frames, logits=mask_logits)
             mask = _batch_to_frames(mask, batch)
         return _batch_to_frames(eps, batch), mask
 

@@ -30,13 +30,21 @@ class Recipe(Protocol):
         """A map-style dataset (so the loop can shard it, resume at a position and keep the same order)."""
 
     def collate(self, samples: list) -> dict:
-        """Stack samples into one batch (a dict of tensors and lists)."""
+        """Stack samples into one batch (a dict of tensors and lists).
+
+        The loop adds ``batch["sample_seeds"]`` and ``batch["sample_indices"]`` (int64, one per sample): a seed
+        that depends only on (config seed, epoch, dataset index), so per-sample randomness drawn from it is the
+        same however the global batch is split over processes. A dataset with ``set_epoch(epoch)`` is told the
+        epoch before its samples are read (also in data-loader workers)."""
 
     def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """The total loss of a batch and its named parts (floats or 0-d tensors) for logging.
 
-        All randomness (timesteps, noise, dropout of prompts) is drawn from ``generator`` so that a resumed
-        run and a multi-process run reproduce the same steps."""
+        All randomness (timesteps, noise, dropout of prompts) is drawn from ``generator`` (seeded from the config
+        seed, the micro-step and the process index) or from ``batch["sample_seeds"]``, so that a resumed run
+        reproduces the same steps; drawing per sample from ``sample_seeds`` also makes an N-process run equal to a
+        one-process run with the same global batch. The loop calls this under ``accelerator.autocast()`` and
+        must see the forward pass go through ``model`` (the wrapped module) for DDP to synchronise gradients."""
 
     def save_pretrained(self, model: torch.nn.Module, directory: Path) -> list[Path]:
         """Write the trained weights in the official layout(s) the pack loads; returns the files written."""
