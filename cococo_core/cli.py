@@ -16,6 +16,7 @@ COMMANDS = {
     "merge": "personalize: merge a DreamBooth checkpoint / LoRAs into SD-inpainting by task vectors",
     "convert-motion": "convert the official CoCoCo model_0..3.pth files into one .safetensors file",
     "remove": "language-driven object removal with LGVI / LGVI-I",
+    "evaluate": "the papers' metrics (CS, BP, TC, PSNR, SSIM, VFID, E_warp) over a dataset, resumable and sharded",
 }
 
 

@@ -83,7 +83,7 @@ class ClipModel:
         for frame in pixels:
             image = Image.fromarray(frame)
             scale = size / min(image.size)
-            resized = (max(size, round(image.size[0] * scale)), max(size, round(image.size[1] * scale)))
+            resized = (max(size, int(image.size[0] * scale)), max(size, int(image.size[1] * scale)))  # truncated, as transformers
             image = image.resize(resized, Image.BICUBIC)
             left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
             batch.append(np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32))
@@ -221,10 +221,13 @@ def _from_file(path: Path, tokenizer, device, dtype) -> ClipModel:
     vision = _load_tower(CLIPVisionModelWithProjection, vision_config, state, path, "vision")
     clip = ClipModel(vision.vision_model, vision.visual_projection, vision_config.image_size, source=str(path))
     if "text_model.embeddings.token_embedding.weight" in state and "text_projection.weight" in state:
-        text = _load_tower(CLIPTextModelWithProjection, CLIPTextConfig(**text_config_from_state(state)), state, path,
-                           "text")
-        clip.text_model, clip.text_projection = text.text_model, text.text_projection
         clip.tokenizer = _load_tokenizer(tokenizer)
+        config = text_config_from_state(state)
+        if clip.tokenizer is not None:  # the pooled token is the first end-of-text token, found by its id
+            config.update(eos_token_id=clip.tokenizer.eos_token_id, bos_token_id=clip.tokenizer.bos_token_id,
+                          pad_token_id=clip.tokenizer.pad_token_id)
+        text = _load_tower(CLIPTextModelWithProjection, CLIPTextConfig(**config), state, path, "text")
+        clip.text_model, clip.text_projection = text.text_model, text.text_projection
     return clip.to(device, dtype)
 
 
