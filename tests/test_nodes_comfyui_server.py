@@ -98,3 +98,5 @@ def test_drawn_mask_workflow_runs(server):
     else:
         pytest.fail(f"the workflow did not finish; log: {(base / 'comfyui.log').read_text()[-3000:]}")
     assert list((base / "output" / "video").glob("cococo_inpaint_*.mp4"))
+    metrics_table = history[queued["prompt_id"]]["outputs"]["8"]["text"][0]  # CoCoCo Video Metrics' table
+    assert "PSNR" in metrics_table and "BP" in metrics_table
