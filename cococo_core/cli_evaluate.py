@@ -166,12 +166,15 @@ def run(args: argparse.Namespace) -> int:
     samples = sample_videos(read_dataset(args.dataset, video_root=args.video_root), protocol.sample, protocol.seed)
     paste_back = not (args.no_paste_back if args.no_paste_back is not None else args.protocol == "paper")
 
+    store = ResultStore(args.out)
+    settings = _settings(args, protocol, paste_back)
+    store.check_settings(settings, record=False)  # every process, before any of them waits for the others
     state = PartialState(cpu=args.device == "cpu")
     device = state.device if args.device == "auto" else device_and_dtype(args.device)[0]
     _, dtype = device_and_dtype(str(device), args.dtype)
-    store = ResultStore(args.out)
     if state.is_main_process:
         store.prepare()
+        store.check_settings(settings)
     state.wait_for_everyone()
     finished = store.finished()
     state.wait_for_everyone()  # every process has read the same finished set before any writes
@@ -191,13 +194,20 @@ def run(args: argparse.Namespace) -> int:
         store.append(state.process_index, evaluator.run_one(sample))
     state.wait_for_everyone()
     if state.is_main_process:
-        settings = {"protocol": args.protocol, **{k: v for k, v in vars(protocol).items()}, "mode": args.mode,
-                    "paste_back": paste_back if args.mode == "inpaint" else None, "processes": state.num_processes,
-                    "clip": args.clip, "i3d": args.i3d, "cs_crop": args.cs_crop, "warp_flow_from": args.warp_flow_from}
-        summary = store.gather([s.id for s in samples], settings)
+        summary = store.gather([s.id for s in samples], {**settings, "processes": state.num_processes})
         _print_summary(summary, args.out)
     state.wait_for_everyone()
     return 0
+
+
+def _settings(args, protocol, paste_back: bool) -> dict:
+    """What the numbers depend on (recorded with the results; a resumed run must match it)."""
+    models = {"inpaint": ("base", "motion", "tokenizer", "steps", "guidance"),
+              "remove": ("model", "steps", "guidance", "image_guidance"), "results": ("results",)}[args.mode]
+    return {"protocol": args.protocol, **vars(protocol), "mode": args.mode, **{k: getattr(args, k) for k in models},
+            "paste_back": paste_back if args.mode == "inpaint" else None, "prompt_list": args.prompt_list,
+            "clip": args.clip, "i3d": args.i3d, "flow": args.flow, "raft": args.raft, "cs_crop": args.cs_crop,
+            "warp_flow_from": args.warp_flow_from, "dataset": args.dataset}
 
 
 def _print_summary(summary: dict, out: str) -> None:

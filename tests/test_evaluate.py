@@ -140,6 +140,11 @@ def test_user_errors_are_one_line(dataset, tmp_path, capsys):
     assert "dataset not found" in capsys.readouterr().err
     assert cli.main(["evaluate", "--dataset", str(dataset), "--mode", "inpaint", "--out", str(tmp_path / "o")]) == 2
     assert "needs --base and --motion" in capsys.readouterr().err
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "settings.json").write_text('{"mode": "inpaint"}')
+    assert cli.main(["evaluate", "--dataset", str(dataset), "--results", str(dataset / "videos"), "--flow", "none",
+                     "--out", str(tmp_path / "old")]) == 2
+    assert "other settings" in capsys.readouterr().err
 
 
 # --- the parts
@@ -197,3 +202,12 @@ def test_result_store_keeps_a_success_over_a_later_error_and_skips_broken_lines(
     assert store.finished() == {"a"}
     summary = store.gather(["a", "b"], {})
     assert summary["videos"] == 1 and summary["failed"] == 1 and summary["metrics"]["psnr"]["mean"] == 30.0
+
+
+def test_resuming_with_other_settings_is_refused(dataset, tmp_path, capsys):
+    store = ResultStore(tmp_path)
+    store.prepare()
+    store.check_settings({"mode": "results", "seed": 0})
+    store.check_settings({"mode": "results", "seed": 0})  # the same settings resume
+    with pytest.raises(ValueError, match="seed differ"):
+        store.check_settings({"mode": "results", "seed": 1})

@@ -39,6 +39,21 @@ class ResultStore:
         (self.folder / "parts").mkdir(parents=True, exist_ok=True)
         (self.folder / "features").mkdir(exist_ok=True)
 
+    def check_settings(self, settings: dict, *, record: bool = True) -> None:
+        """Record the run's settings on the first run; refuse to resume a folder made with other settings
+        (its rows would mix two experiments)."""
+        path = self.folder / "settings.json"
+        current = json.loads(json.dumps(settings))
+        if not path.is_file():
+            if record:
+                path.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+            return
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        if changed:
+            raise ValueError(f"{self.folder} holds results made with other settings ({', '.join(changed)} differ); "
+                             "give a new --out folder, or the same options to resume")
+
     def rows(self) -> dict[str, dict]:
         """The latest row of every id over all part files (a later success replaces an error)."""
         found: dict[str, dict] = {}

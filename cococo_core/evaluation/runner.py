@@ -114,8 +114,8 @@ class Evaluator:
                 self.store.save_features(sample.id, *measured.features)
             row.update(prompt=inputs.prompt, frames=int(result.shape[0]), width=int(result.shape[2]),
                        height=int(result.shape[1]), flow=measured.flow_backend, **measured.values)
-        except (FileNotFoundError, ValueError, RuntimeError) as error:
-            logger.error("%s: %s", sample.id, error)
+        except Exception as error:  # noqa: BLE001 - one bad video must not stop a long run; its row records why
+            logger.error("%s: %s", sample.id, error, exc_info=logger.isEnabledFor(logging.DEBUG))
             row["error"] = str(error)
         row["seconds"] = round(time.perf_counter() - started, 3)
         return row
