@@ -211,3 +211,18 @@ def test_resuming_with_other_settings_is_refused(dataset, tmp_path, capsys):
     store.check_settings({"mode": "results", "seed": 0})  # the same settings resume
     with pytest.raises(ValueError, match="seed differ"):
         store.check_settings({"mode": "results", "seed": 1})
+
+
+def test_paper_preset_with_an_override():
+    import argparse
+
+    from cococo_core import cli_evaluate
+
+    parser = argparse.ArgumentParser()
+    cli_evaluate.add_arguments(parser)
+    args = parser.parse_args(["--dataset", "d", "--out", "o", "--protocol", "paper", "--stride", "2", "--seed", "3"])
+    protocol = cli_evaluate._protocol(args)
+    assert (protocol.stride, protocol.max_frames, protocol.size, protocol.seed) == (2, 16, (384, 256), 3)
+    assert protocol.random_masks and protocol.random_prompts and protocol.sample == 1000
+    plain = cli_evaluate._protocol(parser.parse_args(["--dataset", "d", "--out", "o"]))
+    assert (plain.stride, plain.max_frames, plain.random_masks, plain.sample) == (1, None, False, None)
