@@ -124,12 +124,13 @@ def test_lgvi_removal_run_uses_the_predicted_mask_for_bp(dataset, tmp_path):
     out = tmp_path / "out"
     _evaluate(["--dataset", str(dataset), "--mode", "remove", "--model", str(test_lgvi_tiny.lgvi_folder(8)),
                "--steps", "1", "--guidance", "1", "--max-frames", "2", "--flow", "none", "--out", str(out),
-               "--device", "cpu"])
+               "--clip", str(tiny_models.clip_folder()), "--device", "cpu"])
     rows = _rows(out)
     assert [r["id"] for r in rows] == ["clip0", "clip1"] and all(not r.get("error") for r in rows)
     assert all(np.isfinite(r["psnr"]) and r["frames"] == 2 for r in rows)
     assert "bp" in rows[0]  # the dataset's mask; clip1 gets the mask LGVI predicted (NaN if it covers everything)
     assert "bp" in rows[1]
+    assert all("tc" in r and "cs" not in r for r in rows)  # the prompt of a removal names what must be gone
 
 
 def test_user_errors_are_one_line(dataset, tmp_path, capsys):

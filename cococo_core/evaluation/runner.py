@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -85,7 +85,7 @@ class Evaluator:
     results_dir: Path | None = None
     save_results: Path | None = None
     prompts: tuple = PROMPTS
-    options: dict = field(default_factory=dict)
+    score_prompt: bool = True  # CS of the prompt; off for removal, whose prompt names what should be gone
 
     def _result(self, sample: Sample, inputs: Inputs):
         if self.make_result is not None:
@@ -108,8 +108,8 @@ class Evaluator:
                 from .results import file_id  # noqa: PLC0415
 
                 write_video(self.save_results / f"{file_id(sample.id)}.mp4", result, 8.0)
-            measured = self.suite.evaluate(inputs.frames, result, mask=mask, prompt=inputs.prompt,
-                                           reference=inputs.target)
+            measured = self.suite.evaluate(inputs.frames, result, mask=mask,
+                                           prompt=inputs.prompt if self.score_prompt else None, reference=inputs.target)
             if measured.features is not None:
                 self.store.save_features(sample.id, *measured.features)
             row.update(prompt=inputs.prompt, frames=int(result.shape[0]), width=int(result.shape[2]),
