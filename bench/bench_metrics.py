@@ -3,10 +3,11 @@
 Models are FULL-SIZE with random weights, so the work per frame is the real one: CLIP ViT-L/14 (the image
 tower for TC, both towers for CS; 224 px input), the Kinetics I3D of ``i3d_rgb_imagenet.pt`` (features of a
 16-frame clip), OpenCV DIS flow for E_warp (forward and backward flow per frame pair). BP, PSNR and SSIM need
-no model. Each metric runs ``--repeat`` rounds on the same 16-frame clip and the fastest is kept; the
-metrics run one after the other in one process, so the machine's load affects them alike within a round.
+no model. Each metric runs ``--repeat`` rounds (default 1) on the same 16-frame clip after a short warm-up
+and the fastest is kept; the metrics run one after the other in one process, so a change of the machine's
+load during the run affects them unevenly (repeat on a quiet machine for firm numbers).
 
-    flock /tmp/cococo-bench.lock .venv/bin/python bench/bench_metrics.py [--frames 16] [--repeat 2] [--threads 2]
+    flock /tmp/cococo-bench.lock .venv/bin/python bench/bench_metrics.py [--frames 16] [--repeat 1] [--threads 2]
 
 Prints a table and writes ``bench/results/bench_metrics.json``.
 """
@@ -82,7 +83,7 @@ def _best(function, repeat: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -99,14 +100,18 @@ def main() -> int:
         "PSNR": ("none", lambda: psnr(original, result)),
         "SSIM (65 px window)": ("none", lambda: ssim(original, result)),
         "CS (whole frame)": ("CLIP ViT-L/14", lambda: clip_score(result, "a cat", clip)),
-        "CS (mask box)": ("CLIP ViT-L/14", lambda: clip_score(result, "a cat", clip, mask=mask, crop="mask")),
         "TC": ("CLIP ViT-L/14 image tower", lambda: temporal_consistency(result, clip)),
         "VFID features (one video)": ("I3D (12.7 M)", lambda: i3d_features(result, i3d)),
         "E_warp": (f"{flow.name} flow (forward + backward)", lambda: warp_error(result, flow=flow)),
     }
+    warm_ups = {  # one frame (two for TC and E_warp) through each model: lazy imports and first allocations
+        "CS (whole frame)": lambda: clip_score(result[:1], "a cat", clip),
+        "TC": lambda: temporal_consistency(result[:2], clip),
+        "E_warp": lambda: warp_error(result[:2], flow=flow),
+    }
     rows = []
     for name, (model, job) in jobs.items():
-        job()  # warm-up (allocations, lazy imports)
+        warm_ups.get(name, job)()
         seconds = _best(job, args.repeat)
         rows.append({"metric": name, "model": model, "seconds": seconds, "frames_per_s": args.frames / seconds})
     print(f"{args.frames} frames at {HEIGHT}x{WIDTH} (H x W), {args.threads} threads, fastest of {args.repeat}")
