@@ -10,6 +10,8 @@ test process into a temporary folder (removed at exit) and shared by every test 
   copies or a ``v_pred`` marker; ``in_channels=4`` gives a tiny SD-1.5 text-to-image file.
 * :func:`sd2_file` / :func:`sdxl_file` - small files whose key names and shapes look like SD-2.x / SDXL.
 * :func:`motion_folder` - official-layout CoCoCo ``model_0.pth .. model_3.pth`` for the tiny U-Net.
+* :func:`clip_folder` / :func:`clip_file` - a tiny CLIP as a transformers folder and as a ComfyUI ``clip_vision``
+  single file; :func:`i3d_file` / :func:`i3d_shapes` - a tiny ``i3d_rgb_imagenet.pt`` and the pytorch-i3d layout.
 """
 from __future__ import annotations
 
