@@ -1,5 +1,5 @@
-"""E_warp, the flow warping error (Lai et al. 2018, "Learning Blind Video Temporal Consistency", ECCV, as
-their ``evaluate_WarpError.py``), reported by LGVI (CVPR 2024) as E*_warp = E_warp x 100:
+"""E_warp, the flow warping error (Lai et al. 2018, "Learning Blind Video Temporal Consistency", ECCV;
+computed as their ``evaluate_WarpError.py`` does), reported by LGVI (CVPR 2024) as E*_warp = E_warp x 100:
 
     E_warp = 1 / (T - 1) * sum_{t=1}^{T-1}  sum_i M_t(i) ||V_t(i) - W(V_{t+1}, F_t)(i)||^2 / (3 sum_i M_t(i))
 
