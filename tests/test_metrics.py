@@ -248,3 +248,17 @@ def test_raft_backend_runs_torchvision_raft_from_local_weights(tmp_path):
 def test_frames_accept_uint8_and_float():
     video = _video(1, 4, 4)
     assert torch.equal(as_frames(video), as_frames(torch.from_numpy(video).float() / 255).round())
+
+
+def test_suite_encodes_frames_once_for_cs_and_tc(clip_frames):
+    from cococo_core.metrics import MetricSuite
+
+    clip = load_clip(tiny_models.clip_folder())
+    calls = []
+    encode = clip.image_embeddings
+    clip.image_embeddings = lambda frames, **kw: calls.append(len(frames)) or encode(frames, **kw)
+    values = MetricSuite(clip=clip).evaluate(clip_frames, clip_frames, prompt="a cat").values
+    assert calls == [3]
+    clip.image_embeddings = encode
+    assert values["cs"] == pytest.approx(clip_score(clip_frames, "a cat", clip), abs=1e-9)
+    assert values["tc"] == pytest.approx(temporal_consistency(clip_frames, clip), abs=1e-9)

@@ -56,12 +56,14 @@ class MetricSuite:
         original, result = as_frames(original, name="original"), as_frames(result, name="result")
         reference = original if reference is None else as_frames(reference, name="reference")
         values: dict[str, float] = {}
+        embeddings = None if self.clip is None else self.clip.image_embeddings(result / 255)  # shared by CS and TC
         if self.clip is not None and prompt and self.clip.has_text:
-            values["cs"] = clip_score(result / 255, prompt, self.clip, mask=mask, crop=self.clip_crop)
+            values["cs"] = clip_score(result / 255, prompt, self.clip, mask=mask, crop=self.clip_crop,
+                                      image_embeddings=embeddings if self.clip_crop == "frame" else None)
         if mask is not None:
             values["bp"] = background_preservation(original / 255, result / 255, mask)
         if self.clip is not None:
-            values["tc"] = temporal_consistency(result / 255, self.clip)
+            values["tc"] = temporal_consistency(result / 255, self.clip, image_embeddings=embeddings)
         values["psnr"] = psnr(reference / 255, result / 255)
         values["ssim"] = ssim(reference / 255, result / 255, window=self.ssim_window)
         backend = None

@@ -13,9 +13,12 @@ import math
 import torch
 
 
-def temporal_consistency(frames, clip) -> float:
-    """TC of ``frames`` (module docstring)."""
-    embeddings = torch.nn.functional.normalize(clip.image_embeddings(frames).double(), dim=-1)
+def temporal_consistency(frames, clip, *, image_embeddings=None) -> float:
+    """TC of ``frames`` (module docstring); ``image_embeddings``: the frames' ``clip.image_embeddings`` when
+    already computed."""
+    if image_embeddings is None:
+        image_embeddings = clip.image_embeddings(frames)
+    embeddings = torch.nn.functional.normalize(image_embeddings.double(), dim=-1)
     if embeddings.shape[0] < 2:
         return math.nan
     return float(100 * (embeddings[:-1] * embeddings[1:]).sum(-1).mean())

@@ -28,12 +28,13 @@ def mask_box_crops(frames: torch.Tensor, mask: torch.Tensor) -> list[torch.Tenso
     return crops
 
 
-def clip_score(frames, prompt: str, clip, *, mask=None, crop: str = "frame") -> float:
-    """CS of ``frames`` for ``prompt`` (module docstring); ``crop`` = "frame" (default) or "mask"."""
+def clip_score(frames, prompt: str, clip, *, mask=None, crop: str = "frame", image_embeddings=None) -> float:
+    """CS of ``frames`` for ``prompt`` (module docstring); ``crop`` = "frame" (default) or "mask".
+    ``image_embeddings``: the frames' ``clip.image_embeddings`` when already computed (whole frames only)."""
     frames = as_frames(frames).round().to(torch.uint8)  # [0, 255] as uint8, so crops keep their scale
     text = torch.nn.functional.normalize(clip.text_embeddings([prompt]), dim=-1)
     if crop == "frame":
-        images = clip.image_embeddings(frames)
+        images = clip.image_embeddings(frames) if image_embeddings is None else image_embeddings
     elif crop == "mask":
         if mask is None:
             raise ValueError("crop='mask' needs the mask")
