@@ -19,6 +19,7 @@ COMMANDS = {
     "remove": "language-driven object removal with LGVI / LGVI-I",
     "prepare-data": "WebVid-layout videos -> annotated CoCoCo training shards (scene filter, GroundingDINO boxes)",
     "train": "train motion modules (CoCoCo) or another recipe with the shared Accelerate loop",
+    "evaluate": "the papers' metrics (CS, BP, TC, PSNR, SSIM, VFID, E_warp) over a dataset, resumable and sharded",
 }
 
 

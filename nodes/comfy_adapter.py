@@ -86,6 +86,13 @@ MODEL_KINDS = {
             folder_markers=("config.json",),
         ),
         ModelKind(
+            "clip_vision",
+            "a CLIP image model for the video metrics: ComfyUI's ViT-L/14 file (e.g. clip-vit-large-patch14"
+            " model.safetensors; with its text tower it also gives the CLIP score) or a transformers CLIP folder",
+            "https://huggingface.co/openai/clip-vit-large-patch14",
+            folder_markers=("config.json",),
+        ),
+        ModelKind(
             "lgvi",
             "an LGVI / LGVI-I diffusers folder (model_index.json, unet/, vae/, ...) or, for LGVI-I, the LLaVA-1.5"
             " and CLIP-ViT-L/14-336 transformers folders",

@@ -87,6 +87,9 @@ def test_both_base_kinds(server, base_model):
     prompt["4"]["inputs"]["base_model"] = base_model
     entry = server.run(prompt)
     assert [frames.shape for frames in _saved_videos(server, entry)] == [(tw.FRAMES, tw.SIZE, tw.SIZE, 3)]
+    metrics = next(node_id for node_id, node in prompt.items() if node["class_type"] == "CoCoCoVideoMetrics")
+    table = entry["outputs"][metrics]["text"][0]  # the metrics node's table, shown on the node
+    assert "PSNR" in table and "BP" in table, table
 
 
 def test_single_file_base_uses_comfyuis_own_tokenizer(server):

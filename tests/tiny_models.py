@@ -10,11 +10,14 @@ test process into a temporary folder (removed at exit) and shared by every test 
   copies or a ``v_pred`` marker; ``in_channels=4`` gives a tiny SD-1.5 text-to-image file.
 * :func:`sd2_file` / :func:`sdxl_file` - small files whose key names and shapes look like SD-2.x / SDXL.
 * :func:`motion_folder` - official-layout CoCoCo ``model_0.pth .. model_3.pth`` for the tiny U-Net.
+* :func:`clip_folder` / :func:`clip_file` - a tiny CLIP as a transformers folder and as a ComfyUI ``clip_vision``
+  single file; :func:`i3d_file` / :func:`i3d_shapes` - a tiny ``i3d_rgb_imagenet.pt`` and the pytorch-i3d layout.
 """
 from __future__ import annotations
 
 import atexit
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -302,3 +305,116 @@ def write_motion_folder(folder: Path, seed: int = 0, parts: int = 4) -> Path:
 def motion_folder() -> Path:
     """A cached official-layout CoCoCo motion folder for the tiny U-Net (see :func:`write_motion_folder`)."""
     return _cached(("motion",), write_motion_folder)
+
+
+# --- metrics: CLIP (transformers layout, folder and ComfyUI clip_vision single file) and I3D (pytorch-i3d layout)
+
+TINY_CLIP_VISION = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        image_size=32, patch_size=8, projection_dim=24, hidden_act="quick_gelu")
+
+
+def clip_model(seed: int = 0):
+    """A tiny transformers ``CLIPModel`` (eval): the tiny text tower of the SD folders + a 2-head ViT. Its
+    widths follow the released models' rule of 64 channels per head, which single files rely on."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = {**TINY_CLIP_CONFIG, "hidden_size": 64, "num_attention_heads": 1}
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=TINY_CLIP_VISION, projection_dim=24))
+    _perturb(model, torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def write_clip_folder(folder: Path) -> Path:
+    """``CLIPModel.save_pretrained`` + the tiny tokenizer: the layout of openai/clip-vit-large-patch14."""
+    clip_model().save_pretrained(folder)
+    write_tokenizer(folder)
+    return folder
+
+
+def clip_folder() -> Path:
+    return _cached(("clip-folder",), write_clip_folder)
+
+
+def clip_file(text: bool = True) -> Path:
+    """The same weights as one ``.safetensors`` file with transformers key names, as ComfyUI's
+    ``models/clip_vision/`` files (``text=False``: the vision tower and projection only)."""
+    from safetensors.torch import save_file
+
+    def build(path: Path) -> None:
+        state = clip_model().state_dict()
+        if not text:
+            state = {k: v for k, v in state.items() if k.startswith(("vision_model.", "visual_projection."))}
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+    return _cached(("clip-file", text, "clip.safetensors"), build)
+
+
+# pytorch-i3d InceptionI3d: endpoint -> (kind, kernel); Inception blocks have branches b0, b1a, b1b, b2a, b2b, b3b
+I3D_LAYOUT = (("Conv3d_1a_7x7", "unit", (7, 7, 7)), ("Conv3d_2b_1x1", "unit", (1, 1, 1)),
+              ("Conv3d_2c_3x3", "unit", (3, 3, 3)), ("Mixed_3b", "mixed", None), ("Mixed_3c", "mixed", None),
+              ("Mixed_4b", "mixed", None), ("Mixed_4c", "mixed", None), ("Mixed_4d", "mixed", None),
+              ("Mixed_4e", "mixed", None), ("Mixed_4f", "mixed", None), ("Mixed_5b", "mixed", None),
+              ("Mixed_5c", "mixed", None))
+# the released i3d_rgb_imagenet.pt widths (pytorch-i3d source)
+I3D_WIDTHS = {"Conv3d_1a_7x7": 64, "Conv3d_2b_1x1": 64, "Conv3d_2c_3x3": 192,
+              "Mixed_3b": (64, 96, 128, 16, 32, 32), "Mixed_3c": (128, 128, 192, 32, 96, 64),
+              "Mixed_4b": (192, 96, 208, 16, 48, 64), "Mixed_4c": (160, 112, 224, 24, 64, 64),
+              "Mixed_4d": (128, 128, 256, 24, 64, 64), "Mixed_4e": (112, 144, 288, 32, 64, 64),
+              "Mixed_4f": (256, 160, 320, 32, 128, 128), "Mixed_5b": (256, 160, 320, 32, 128, 128),
+              "Mixed_5c": (384, 192, 384, 48, 128, 128)}
+TINY_I3D_WIDTHS = {"Conv3d_1a_7x7": 8, "Conv3d_2b_1x1": 8, "Conv3d_2c_3x3": 12,
+                   **{name: (4, 3, 4, 2, 3, 3) for name, kind, _ in I3D_LAYOUT if kind == "mixed"}}
+
+
+def i3d_shapes(widths: dict = I3D_WIDTHS, classes: int = 400) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of an I3D state dict in the pytorch-i3d layout (conv3d without bias, BatchNorm3d)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def unit(name: str, cin: int, cout: int, kernel) -> int:
+        shapes[f"{name}.conv3d.weight"] = (cout, cin, *kernel)
+        for tensor in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{name}.bn.{tensor}"] = (cout,)
+        shapes[f"{name}.bn.num_batches_tracked"] = ()
+        return cout
+
+    channels = 3
+    for name, kind, kernel in I3D_LAYOUT:
+        if kind == "unit":
+            channels = unit(name, channels, widths[name], kernel)
+        else:
+            w0, w1a, w1b, w2a, w2b, w3 = widths[name]
+            unit(f"{name}.b0", channels, w0, (1, 1, 1))
+            unit(f"{name}.b1a", channels, w1a, (1, 1, 1))
+            unit(f"{name}.b1b", w1a, w1b, (3, 3, 3))
+            unit(f"{name}.b2a", channels, w2a, (1, 1, 1))
+            unit(f"{name}.b2b", w2a, w2b, (3, 3, 3))
+            unit(f"{name}.b3b", channels, w3, (1, 1, 1))
+            channels = w0 + w1b + w2b + w3
+    shapes["logits.conv3d.weight"] = (classes, channels, 1, 1, 1)
+    shapes["logits.conv3d.bias"] = (classes,)
+    return shapes
+
+
+def i3d_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tiny I3D weights, He-scaled so that features still depend on the input after 16 layers
+    (BN variances positive, ``num_batches_tracked`` int64 as torch saves it)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in i3d_shapes(TINY_I3D_WIDTHS, classes=10).items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(100, dtype=torch.int64)
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + 0.2 * torch.rand(shape, generator=generator)
+        elif key.endswith("conv3d.weight"):
+            state[key] = torch.randn(shape, generator=generator) * (2.0 / math.prod(shape[1:])) ** 0.5
+        elif key.endswith("bn.weight"):
+            state[key] = 1 + 0.1 * torch.randn(shape, generator=generator)
+        else:
+            state[key] = 0.05 * torch.randn(shape, generator=generator)
+    return state
+
+
+def i3d_file() -> Path:
+    """A tiny ``i3d_rgb_imagenet.pt``: a plain pickled state dict, as the released file."""
+    return _cached(("i3d", "i3d_rgb_imagenet.pt"), lambda p: torch.save(i3d_state(), p))
