@@ -75,5 +75,5 @@ def test_four_channel_inpaint_and_output_equal_to_an_input_are_refused(files, tm
         code = main(["merge", "--base", str(files["base"]), "--inpaint", str(files["inpaint"]), "--personal",
                      str(files["personal"]), "--lora", f"{files['lora']}:0.5", "--quiet", "--overwrite",
                      "--out", str(files[target])])
-        assert code == 2 and "would replace an input" in capsys.readouterr().err
+        assert code == 2 and "writing there would destroy it" in capsys.readouterr().err
         assert files[target].read_bytes() == before

@@ -14,7 +14,10 @@ def test_every_library_package_and_nothing_else_is_listed():
     found = sorted(".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "cococo_core").rglob("__init__.py")
                    if "__pycache__" not in init.parts)
     assert PROJECT["build-system"]["build-backend"] == "setuptools.build_meta"
-    assert sorted(PROJECT["tool"]["setuptools"]["packages"]) == found
+    from setuptools import find_packages
+
+    include = PROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(find_packages(str(ROOT), include=include)) == found
 
 
 def test_the_console_command_is_the_cli():
