@@ -45,7 +45,7 @@ from nodes import comfy_native  # noqa: E402
 
 PREFIX = "model.diffusion_model."
 FRAMES, LATENT = 4, 8
-CFG = 7.5
+CFG = 2.0  # guidance > 1 exercises batched CFG; with random tiny weights a large g amplifies float32 rounding
 SCALE = 0.18215
 
 
@@ -130,12 +130,12 @@ def official_sigmas(steps: int) -> torch.Tensor:
     return torch.cat([((1 - alphas) / alphas).sqrt(), torch.zeros(1, dtype=torch.float64)]).float()
 
 
-def float64_tolerance(case, steps):
+def float64_tolerance(case, steps, **kwargs):
     """How far float32 rounding alone moves the pack's result: |pack(fp32) − pack(fp64)|, the scale any two
     float32 implementations of the same math may differ by."""
     unet64 = video_unet_from_unet2d(tiny_models.components(9, 1)["unet"].double(), case["motion"])
-    exact = sample_pack(case, steps, video_unet=unet64)
-    return exact, (sample_pack(case, steps) - exact).abs().max().item()
+    exact = sample_pack(case, steps, video_unet=unet64, **kwargs)
+    return exact, (sample_pack(case, steps, **kwargs) - exact).abs().max().item()
 
 
 def assert_close_to_pack(native, exact, float32_error):
@@ -191,10 +191,10 @@ def test_context_windows_from_comfyui_match_the_pack_windows(case):
         for hook in hooks:
             hook.remove()
     assert set(frames_seen) == {2}
-    exact = sample_pack(case, 3, context_length=2, context_overlap=0)
+    exact, float32_error = float64_tolerance(case, 3, context_length=2, context_overlap=0)
+    assert_close_to_pack(native, exact, float32_error)
     whole = sample_pack(case, 3)
-    assert (native - exact).abs().max() < 1e-4 * exact.abs().max()
-    assert (whole - exact).abs().max() > 1e-3 * exact.abs().max()  # the windows do change the result
+    assert (whole.double() - exact).abs().max() > 100 * float32_error  # the windows do change the result
 
 
 def test_motion_weights_are_loaded_by_comfyui_model_management(case):
