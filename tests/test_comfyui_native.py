@@ -138,11 +138,16 @@ def float64_tolerance(case, steps, **kwargs):
     return exact, (sample_pack(case, steps, **kwargs) - exact).abs().max().item()
 
 
+def tolerance(exact, float32_error) -> float:
+    """Two float32 implementations of the same sampler differ by float32 rounding amplified over the steps of
+    an untrained network; the pack's own fp32-vs-fp64 gap is one sample of that amplification, so allow ten of
+    it plus 5e-5 of the result's scale (ComfyUI's σ table is computed in float64, the pack's ᾱ in float32)."""
+    return 10 * float32_error + 5e-5 * exact.abs().max().item()
+
+
 def assert_close_to_pack(native, exact, float32_error):
     error = (native.double() - exact).abs().max().item()
-    scale = exact.abs().max().item()
-    # float32 noise of either side (measured) plus the schedule's float32-vs-float64 ᾱ rounding (~1e-6 relative)
-    assert error <= 4 * float32_error + 1e-5 * scale, (error, float32_error, scale)
+    assert error <= tolerance(exact, float32_error), (error, float32_error, exact.abs().max().item())
 
 
 def test_ddim_uniform_at_50_steps_is_the_official_ddim_schedule(case):
@@ -170,7 +175,7 @@ def test_sampler_custom_with_the_official_sigmas_matches_at_other_step_counts(ca
     exact, float32_error = float64_tolerance(case, 7)
     assert_close_to_pack(sample_native(case, sigmas=official_sigmas(7), official_start=True), exact, float32_error)
     plain = sample_native(case, case["inpaint"], sigmas=official_sigmas(7), official_start=True)  # per-frame SD only
-    assert (plain.double() - exact).abs().max() > 100 * float32_error
+    assert (plain.double() - exact).abs().max() > 100 * tolerance(exact, float32_error)
 
 
 def test_context_windows_from_comfyui_match_the_pack_windows(case):
@@ -194,7 +199,7 @@ def test_context_windows_from_comfyui_match_the_pack_windows(case):
     exact, float32_error = float64_tolerance(case, 3, context_length=2, context_overlap=0)
     assert_close_to_pack(native, exact, float32_error)
     whole = sample_pack(case, 3)
-    assert (whole.double() - exact).abs().max() > 100 * float32_error  # the windows do change the result
+    assert (whole.double() - exact).abs().max() > 10 * tolerance(exact, float32_error)  # windows change the result
 
 
 def test_motion_weights_are_loaded_by_comfyui_model_management(case):
