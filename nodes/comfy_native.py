@@ -148,19 +148,28 @@ def build_motion_set(model, state: dict):
     return motion.to(compute_dtype(model)).eval().requires_grad_(False)
 
 
-def apply_motion(model, motion_set, beta_schedule: str = "sqrt_linear"):
-    """A clone of ``model`` carrying the CoCoCo motion modules and the β schedule (see the module doc)."""
+def motion_patcher(model, motion_set):
+    """The ``ModelPatcher`` through which ComfyUI's model management loads and offloads ``motion_set`` (create
+    one per motion set and hand out clones, so ComfyUI sees every use as the same weights)."""
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(motion_set, load_device=model.load_device,
+                                            offload_device=model.offload_device)
+
+
+def apply_motion(model, motion, beta_schedule: str = "sqrt_linear"):
+    """A clone of ``model`` carrying the CoCoCo motion modules and the β schedule (see the module doc).
+    ``motion``: a :func:`motion_patcher` (a clone of it is attached) or a ``MotionModuleSet``."""
     import comfy.model_patcher
 
     res_block, spatial_transformer, _ = _ldm()
     sites, _ = motion_layout(model)
     if model.get_additional_models_with_key(MOTION_KEY):
         raise ValueError("this MODEL already carries CoCoCo motion modules; apply them once")
+    patcher = motion.clone() if isinstance(motion, comfy.model_patcher.ModelPatcher) else motion_patcher(model, motion)
     patched = model.clone()
-    motion_patcher = comfy.model_patcher.ModelPatcher(motion_set, load_device=model.load_device,
-                                                      offload_device=model.offload_device)
-    patched.set_additional_models(MOTION_KEY, [motion_patcher])
-    handler = CoCoCoMotionPatch(motion_set, _after_transformer(model, sites))
+    patched.set_additional_models(MOTION_KEY, [patcher])
+    handler = CoCoCoMotionPatch(patcher.model, _after_transformer(model, sites))
     patched.set_model_forward_timestep_embed_patch((res_block, handler))
     patched.set_model_forward_timestep_embed_patch((spatial_transformer, handler))
     sampling = beta_schedule_sampling(model, beta_schedule)

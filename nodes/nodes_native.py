@@ -19,7 +19,8 @@ def _native():
 
 
 def motion_set_for(model, motion_model: str):
-    """The motion modules for ``model``'s layout from the file ``motion_model`` (cached per file and layout)."""
+    """The motion modules for ``model``'s layout from the file ``motion_model``, in their ComfyUI ModelPatcher
+    (cached per file and layout; every Apply Motion Model attaches a clone of it)."""
     from cococo_core.models import read_motion_weights
 
     native = _native()
@@ -27,8 +28,9 @@ def motion_set_for(model, motion_model: str):
     sites, config = native.motion_layout(model)
     key = (comfy.file_signature(path), tuple(sites), config["context_dim"], str(native.compute_dtype(model)),
            str(model.offload_device))
-    return comfy.MODEL_CACHE.get_or_load("cococo_native_motion",
-                                         key, lambda: native.build_motion_set(model, read_motion_weights(path)))
+    return comfy.MODEL_CACHE.get_or_load(
+        "cococo_native_motion", key,
+        lambda: native.motion_patcher(model, native.build_motion_set(model, read_motion_weights(path))))
 
 
 class CoCoCoApplyMotionModel:
