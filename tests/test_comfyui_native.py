@@ -321,3 +321,44 @@ def test_comfyui_lora_loader_in_front_equals_the_pack_lora_merge(files, tmp_path
     changed = [k for k in merged if not torch.equal(merged[k], inputs[1][PREFIX + k])]
     assert sorted(changed) == ["input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
                                "input_blocks.4.0.in_layers.2.weight"]
+
+
+# --- conditioning ------------------------------------------------------------------------------------------------
+
+def test_video_inpaint_conditioning_equals_the_pack_conditioning():
+    """ComfyUI's VAE (built by ComfyUI from an SD VAE state dict; its layout is fixed at full size) against the
+    pack's conditioning functions on a diffusers VAE with the same weights: masked frames, posterior mean, nearest
+    latent mask, in frame order."""
+    from diffusers import AutoencoderKL
+
+    from cococo_core.checkpoints.ldm_keys import diffusers_to_ldm
+    from cococo_core.pipeline.conditioning import encode_images, latent_mask, masked_image
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
+    prefix = "first_stage_model."
+    ldm = {k[len(prefix):]: v for k, v in diffusers_to_ldm({"vae": vae.state_dict()}).items() if k.startswith(prefix)}
+    comfy_vae = comfy.sd.VAE(sd=ldm)
+    g = torch.Generator().manual_seed(5)
+    frames = torch.rand((3, 64, 72, 3), generator=g)
+    mask = torch.zeros((3, 64, 72))
+    mask[:, 10:40, 20:50] = 1.0
+    mask[1, 30:60, 5:30] = 1.0  # a different mask per frame: the frame order must be kept
+    positive, negative = [[torch.zeros(1, 77, 768), {}]], [[torch.ones(1, 77, 768), {}]]
+    pos, neg, latent = comfy_native.video_inpaint_conditioning(positive, negative, comfy_vae, frames, mask)
+
+    pixels, holes = frames.permute(0, 3, 1, 2), mask[:, None]
+    expected = encode_images(vae, masked_image(pixels, holes)) / SCALE  # ComfyUI keeps LATENTs unscaled
+    expected_mask = latent_mask(holes, (8, 9))
+    for conditioning, text in ((pos, 0.0), (neg, 1.0)):
+        (embeds, extra), = conditioning
+        assert float(embeds.mean()) == text
+        torch.testing.assert_close(extra["concat_mask"], expected_mask, rtol=0, atol=0)
+        torch.testing.assert_close(extra["concat_latent_image"], expected, rtol=1e-4,
+                                   atol=1e-4 * float(expected.abs().max()))
+    assert torch.equal(latent["samples"], torch.zeros(3, 4, 8, 9))
+    # frames of 70 px are cropped to 64 (centred), as ComfyUI's own inpaint conditioning does
+    _, _, cropped = comfy_native.video_inpaint_conditioning(positive, negative, comfy_vae, frames[:, :, :70],
+                                                            mask[:, :, :70])
+    assert cropped["samples"].shape == (3, 4, 8, 8)
