@@ -9,7 +9,8 @@ import pytest
 import nodes
 from nodes.common import PACK_TYPES
 
-CORE_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "*"}
+CORE_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "*",
+              "MODEL", "CONDITIONING", "LATENT", "VAE"}  # ComfyUI types the native nodes take and give
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 NODE_IDS = sorted(nodes.NODE_CLASS_MAPPINGS)
 

@@ -438,8 +438,78 @@ class PreviewAny(_Core):
         return {"ui": {"text": [str(source)]}, "result": ()}
 
 
+class _SpecOnly(_Core):
+    """Core nodes of the native path, declared with the inputs of ComfyUI's nodes.py (names, order, widgets) so
+    their workflows can be drawn and checked; they run only in the real server (tests/test_comfyui_*.py)."""
+
+    FUNCTION = "run"
+
+    @staticmethod
+    def _models(kind: str) -> list[str]:
+        import folder_paths
+
+        folders = [Path(p) for p in folder_paths.get_folder_paths(kind)]
+        return sorted(p.name for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_file())
+
+    def run(self, **_):
+        raise NotImplementedError(f"{type(self).__name__} runs only in the real ComfyUI (tests/test_comfyui_*.py)")
+
+
+class CheckpointLoaderSimple(_SpecOnly):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": (cls._models("checkpoints"), {})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+
+
+class LoraLoader(_SpecOnly):
+    @classmethod
+    def INPUT_TYPES(cls):
+        strength = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+        return {"required": {"model": ("MODEL", {}), "clip": ("CLIP", {}), "lora_name": (cls._models("loras"), {}),
+                             "strength_model": ("FLOAT", strength), "strength_clip": ("FLOAT", strength)}}
+
+    RETURN_TYPES = ("MODEL", "CLIP")
+
+
+class CLIPTextEncode(_SpecOnly):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True, "dynamicPrompts": True}), "clip": ("CLIP", {})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+
+
+class KSampler(_SpecOnly):
+    SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "ddim", "uni_pc"]  # a subset of ComfyUI's lists
+    SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler_name": (cls.SAMPLERS, {}), "scheduler": (cls.SCHEDULERS, {}),
+            "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "latent_image": ("LATENT", {}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})}}
+
+    RETURN_TYPES = ("LATENT",)
+
+
+class VAEDecode(_SpecOnly):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT", {}), "vae": ("VAE", {})}}
+
+    RETURN_TYPES = ("IMAGE",)
+
+
 CORE_NODES = {cls.__name__: cls for cls in (LoadVideo, GetVideoComponents, CreateVideo, SaveVideo, LoadImage,
-                                            LoadImageMask, PreviewImage, SaveImage, MaskToImage, PreviewAny)}
+                                            LoadImageMask, PreviewImage, SaveImage, MaskToImage, PreviewAny,
+                                            CheckpointLoaderSimple, LoraLoader, CLIPTextEncode, KSampler, VAEDecode)}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 

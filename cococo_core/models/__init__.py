@@ -21,6 +21,9 @@ _EXPORTS = {
     "load_motion_weights": ".motion_weights",
     "merge_motion_state": ".motion_weights",
     "save_motion_safetensors": ".motion_weights",
+    "LdmMotionSite": ".motion_set",
+    "MotionModuleSet": ".motion_set",
+    "ldm_motion_layout": ".motion_set",
     "load_video_unet": ".loading",
     "video_unet_from_unet2d": ".loading",
 }
