@@ -96,7 +96,7 @@ def _measure(function, repeat: int):
 
 
 # ---------------------------------------------------------------------------------------------- full U-Net
-def _guided_variants(video, sample, text):
+def _guided_variants(video, sample, text, frame_chunk: int, with_official: bool = True):
     """One guided denoising step's U-Net work (CFG g = 14), per variant: name -> (setup context, function)."""
     negative, positive = text[:1], text[1:]
     both_text = torch.cat([negative, positive])
@@ -105,18 +105,30 @@ def _guided_variants(video, sample, text):
         both = video(torch.cat([sample, sample]), 500, both_text)
         return both[:1] + 14.0 * (both[1:] - both[:1])
 
+    def ours_chunked():
+        video.frame_chunk = frame_chunk
+        try:
+            return ours_batched()
+        finally:
+            video.frame_chunk = None
+
     def two_calls():
         return official_style.guided_noise(video, sample, 500, negative, positive, 14.0)
 
-    return {
+    variants = {
         "ours: SDPA, CFG batched (1 call, B=2)": (contextlib.nullcontext, ours_batched),
+        f"ours: SDPA, CFG batched, frame_chunk={frame_chunk}": (contextlib.nullcontext, ours_chunked),
         "ours: SDPA, CFG split (2 calls, B=1)": (contextlib.nullcontext, two_calls),
         "official-style: explicit scores, text K/V per location, CFG 2 calls": (
             lambda: official_style.official_structure(video), two_calls),
     }
+    if not with_official:
+        variants = {name: v for name, v in variants.items() if not name.startswith("official")}
+    return variants
 
 
-def bench_full_unet(batch: int, frames: int, size: int, repeat: int) -> list[dict]:
+def bench_full_unet(batch: int, frames: int, size: int, repeat: int, frame_chunk: int = 4,
+                    with_official: bool = True) -> list[dict]:
     """One guided step (both CFG halves) of the full-size U-Net per variant; the variants alternate within each
     round, the fastest round and the highest peak are kept."""
     started = time.perf_counter()
@@ -130,7 +142,7 @@ def bench_full_unet(batch: int, frames: int, size: int, repeat: int) -> list[dic
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 9, frames, latent, latent, generator=generator)
     text = torch.randn(2, 77, 768, generator=generator)
-    variants = _guided_variants(video, sample, text)
+    variants = _guided_variants(video, sample, text, frame_chunk, with_official)
     with torch.no_grad():  # warm-up (first-call allocations, kernel selection)
         video(sample[:, :, :1], 500, text[:1])
     best = {name: dict(seconds=float("inf"), cpu_seconds=float("inf"), peak_extra_gib=0.0) for name in variants}
@@ -201,9 +213,9 @@ def bench_layers(batch: int, dim: int, shapes, repeat: int, max_scores_gib: floa
 
 
 def _table_full(rows) -> str:
-    base = next(r for r in rows if r["variant"].startswith("official"))
-    lines = ["| variant (one guided step) | F, size | wall (s) | CPU (s) | peak extra RAM (GiB) | wall / official | "
-             "CPU / official | memory / official |", "|---|---|---|---|---|---|---|---|"]
+    base = next((r for r in rows if r["variant"].startswith("official")), rows[0])
+    lines = [f"| variant (one guided step) | F, size | wall (s) | CPU (s) | peak extra RAM (GiB) | wall / {base['variant'][:8]} | "
+             f"CPU / {base['variant'][:8]} | memory / {base['variant'][:8]} |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['frames']}, {r['size']}x{r['size']} | {r['seconds']:.2f} | "
                      f"{r['cpu_seconds']:.2f} | {r['peak_extra_gib']:.2f} | {r['seconds'] / base['seconds']:.2f} | "
@@ -245,6 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per configuration, best is kept (default 1; attention layers at least 2)")
     parser.add_argument("--quick", action="store_true", help="small layer shapes only and no full U-Net (smoke run)")
     parser.add_argument("--skip-unet", action="store_true", help="only the attention-layer table")
+    parser.add_argument("--frame-chunk", type=int, default=4, help="frame_chunk of the chunked variant (default 4)")
+    parser.add_argument("--no-official", action="store_true",
+                        help="leave out the official-style variant (it runs out of memory at 512x512 x 16 frames)")
     parser.add_argument("--skip-layers", action="store_true", help="only the full U-Net table")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy machine)")
     parser.add_argument("--max-scores-gib", type=float, default=6.0,
@@ -266,7 +281,8 @@ def main(argv=None) -> int:
                                                                  args.max_scores_gib, args.max_gflop)
     if not (args.quick or args.skip_unet):
         print(f"\nFull-size video U-Net, B={args.batch}, F={args.frames}, {args.size}x{args.size}:")
-        results["full_unet"] = bench_full_unet(args.batch, args.frames, args.size, args.repeat)
+        results["full_unet"] = bench_full_unet(args.batch, args.frames, args.size, args.repeat, args.frame_chunk,
+                                               not args.no_official)
         print("\n" + _table_full(results["full_unet"]))
     if results["layers"]:
         print("\n" + _table_layers(results["layers"]))

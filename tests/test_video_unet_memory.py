@@ -77,3 +77,42 @@ def test_frame_chunks_run_smaller_batches_and_bad_values_are_refused():
     assert unet.frame_chunk == 4
     plain = unet.release()
     assert not any("forward" in m.__dict__ for m in plain.modules())
+
+
+def test_fp32_sampling_makes_no_float64_tensor():
+    """No float64/float32 round trip in the sampler: every tensor of an fp32 denoise stays fp32 (or integer)."""
+    from cococo_core.pipeline.sampler import denoise
+
+    class _Float64(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64
+                   for t in (out if isinstance(out, (tuple, list)) else (out,))):
+                self.ops.add(str(func))
+            return out
+
+    unet = _models.video_unet(tiny=True)
+    noise = torch.randn(1, 4, 3, 8, 8)
+    with torch.no_grad(), _Float64() as seen:
+        denoise(unet, noise, noise, torch.zeros(1, 1, 3, 8, 8), torch.randn(1, 77, 32), torch.randn(1, 77, 32), 2, 14.0)
+    assert seen.ops == set()
+
+
+def test_fused_position_encoding_adds_match_the_unfused_formula():
+    """The permute + PE add written in one pass equals the copy-then-add it replaced, bit for bit."""
+    from cococo_core.models.motion_attention import _with_encoding
+    from cococo_core.models.position import sinusoidal_encoding
+
+    hidden = torch.randn(2 * 3, 20, 16)  # (b f) d c
+    view = hidden.view(2, 3, 20, 16).transpose(1, 2)
+    expected = view.reshape(40, 3, 16) + sinusoidal_encoding(3, 16)
+    assert torch.equal(_with_encoding(view, 2).view(40, 3, 16), expected)
+    planes = torch.randn(6, 16, 4, 5).permute(0, 2, 3, 1)  # (b f) h w c
+    expected = planes.reshape(2, 60, 16) + sinusoidal_encoding(60, 16)
+    assert torch.equal(_with_encoding(planes.view(2, 3, 4, 5, 16), 1, 4).view(2, 60, 16), expected)
+    grads = view.clone().requires_grad_()
+    assert torch.equal(_with_encoding(grads, 2).detach().view(40, 3, 16), _with_encoding(view, 2).view(40, 3, 16))
