@@ -96,7 +96,7 @@ def _measure(function, repeat: int):
 
 
 # ---------------------------------------------------------------------------------------------- full U-Net
-def _guided_variants(video, sample, text, frame_chunk: int, with_official: bool = True):
+def _guided_variants(video, sample, text, frame_chunk: int, with_official: bool = True, only=()):
     """One guided denoising step's U-Net work (CFG g = 14), per variant: name -> (setup context, function)."""
     negative, positive = text[:1], text[1:]
     both_text = torch.cat([negative, positive])
@@ -124,11 +124,13 @@ def _guided_variants(video, sample, text, frame_chunk: int, with_official: bool 
     }
     if not with_official:
         variants = {name: v for name, v in variants.items() if not name.startswith("official")}
+    if only:
+        variants = {name: v for word in only for name, v in variants.items() if word in name}
     return variants
 
 
 def bench_full_unet(batch: int, frames: int, size: int, repeat: int, frame_chunk: int = 4,
-                    with_official: bool = True) -> list[dict]:
+                    with_official: bool = True, only=()) -> list[dict]:
     """One guided step (both CFG halves) of the full-size U-Net per variant; the variants alternate within each
     round, the fastest round and the highest peak are kept."""
     started = time.perf_counter()
@@ -142,7 +144,7 @@ def bench_full_unet(batch: int, frames: int, size: int, repeat: int, frame_chunk
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 9, frames, latent, latent, generator=generator)
     text = torch.randn(2, 77, 768, generator=generator)
-    variants = _guided_variants(video, sample, text, frame_chunk, with_official)
+    variants = _guided_variants(video, sample, text, frame_chunk, with_official, only)
     with torch.no_grad():  # warm-up (first-call allocations, kernel selection)
         video(sample[:, :, :1], 500, text[:1])
     best = {name: dict(seconds=float("inf"), cpu_seconds=float("inf"), peak_extra_gib=0.0) for name in variants}
@@ -260,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frame-chunk", type=int, default=4, help="frame_chunk of the chunked variant (default 4)")
     parser.add_argument("--no-official", action="store_true",
                         help="leave out the official-style variant (it runs out of memory at 512x512 x 16 frames)")
+    parser.add_argument("--variants", nargs="+", default=(), metavar="WORD",
+                        help="run only the U-Net variants whose name contains one of these words, in this order")
     parser.add_argument("--skip-layers", action="store_true", help="only the full U-Net table")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy machine)")
     parser.add_argument("--max-scores-gib", type=float, default=6.0,
@@ -282,7 +286,7 @@ def main(argv=None) -> int:
     if not (args.quick or args.skip_unet):
         print(f"\nFull-size video U-Net, B={args.batch}, F={args.frames}, {args.size}x{args.size}:")
         results["full_unet"] = bench_full_unet(args.batch, args.frames, args.size, args.repeat, args.frame_chunk,
-                                               not args.no_official)
+                                               not args.no_official, args.variants)
         print("\n" + _table_full(results["full_unet"]))
     if results["layers"]:
         print("\n" + _table_layers(results["layers"]))
