@@ -115,10 +115,18 @@ def _guided_variants(video, sample, text, frame_chunk: int, with_official: bool 
     def two_calls():
         return official_style.guided_noise(video, sample, 500, negative, positive, 14.0)
 
+    def two_calls_chunked():
+        video.frame_chunk = frame_chunk
+        try:
+            return two_calls()
+        finally:
+            video.frame_chunk = None
+
     variants = {
         "ours: SDPA, CFG batched (1 call, B=2)": (contextlib.nullcontext, ours_batched),
         f"ours: SDPA, CFG batched, frame_chunk={frame_chunk}": (contextlib.nullcontext, ours_chunked),
         "ours: SDPA, CFG split (2 calls, B=1)": (contextlib.nullcontext, two_calls),
+        f"ours: SDPA, CFG split, frame_chunk={frame_chunk}": (contextlib.nullcontext, two_calls_chunked),
         "official-style: explicit scores, text K/V per location, CFG 2 calls": (
             lambda: official_style.official_structure(video), two_calls),
     }
