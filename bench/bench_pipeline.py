@@ -12,6 +12,12 @@ the part above the resident model; on CUDA, ``torch.cuda.max_memory_allocated``.
     flock /tmp/cococo-bench.lock .venv/bin/python bench/bench_pipeline.py [--size 64] [--steps 1] [--threads 1]
 
 Prints a table and writes ``bench/results/pipeline.json``.
+
+``--stages`` instead runs one whole ``CoCoCoPipeline`` call (random full-size U-Net, SD-1.x VAE and CLIP ViT-L
+text encoder; a small BPE vocabulary, which changes no cost) and prints where its time goes: text encode,
+VAE encode, each denoising step's U-Net work, VAE decode (``bench/results/pipeline_stages.json``):
+
+    flock /tmp/cococo-bench.lock .venv/bin/python bench/bench_pipeline.py --stages --size 256 --stage-frames 8 --steps 2
 """
 from __future__ import annotations
 
@@ -23,13 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning OpenMP threads starve a busy CPU
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import _models  # noqa: E402
 from cococo_core.models import VideoUNet  # noqa: E402
-from cococo_core.models.sd15 import SD15_INPAINT_UNET_CONFIG  # noqa: E402
 from cococo_core.pipeline import denoise, resolve_context  # noqa: E402
 from cococo_core.windows import plan_windows  # noqa: E402
 
@@ -62,15 +69,92 @@ def current_bytes(device: torch.device) -> int:
     return _status_kib("VmRSS") * 1024
 
 
-def build_unet(device: torch.device, dtype: torch.dtype) -> VideoUNet:
-    from diffusers import UNet2DConditionModel
+def build_unet(device: torch.device, dtype: torch.dtype, tiny: bool = False) -> VideoUNet:
+    return _models.video_unet(tiny=tiny, device=device, dtype=dtype)
 
+
+# SD-1.x's text encoder (CLIP ViT-L/14 text tower), as in text_encoder/config.json
+SD15_CLIP_CONFIG = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                        max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=768)
+
+
+def build_pipeline(device: torch.device, dtype: torch.dtype, tiny: bool = False):
+    """A ``CoCoCoPipeline`` of random-weight parts: video U-Net, VAE, CLIP text encoder (full size unless tiny)."""
+    import tempfile  # noqa: PLC0415
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
+
+    from cococo_core.pipeline import CoCoCoPipeline  # noqa: PLC0415
+    from tests import tiny_models  # noqa: PLC0415 - the small BPE vocabulary the tests write
+
+    folder = tiny_models.write_tokenizer(Path(tempfile.mkdtemp(prefix="cococo-bench-tokenizer-")))
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    config = tiny_models.TINY_CLIP_CONFIG if tiny else {
+        **SD15_CLIP_CONFIG, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     torch.manual_seed(0)
-    unet = VideoUNet(UNet2DConditionModel(**SD15_INPAINT_UNET_CONFIG), motion_init="official")
-    with torch.no_grad():  # non-zero proj_out, so the motion modules are not the identity
-        for _, module in unet.motion_modules:
-            torch.nn.init.normal_(module.temporal_transformer.proj_out.weight, std=0.02)
-    return unet.to(device, dtype).eval().requires_grad_(False)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config)).to(device, dtype).eval()
+    vae = _models.vae(tiny=tiny, device=device, dtype=dtype)
+    return CoCoCoPipeline(vae, text_encoder, tokenizer, build_unet(device, dtype, tiny), device=device)
+
+
+class _Clock:
+    """Wall seconds per pipeline stage, measured by wrapping the pipeline's parts (nothing in it changes)."""
+
+    def __init__(self, pipe, device):
+        self.device, self.totals, self.steps = device, {}, []
+        self._wrap(pipe, "encode_prompt", "text encode")
+        self._wrap(pipe.vae, "encode", "VAE encode")
+        self._wrap(pipe.vae, "decode", "VAE decode")
+        self._wrap(pipe, "denoise", "denoise")
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _wrap(self, owner, name, stage):
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            self._sync()
+            started = time.perf_counter()
+            if stage == "denoise":
+                self._last = started
+            result = original(*args, **kwargs)
+            self._sync()
+            self.totals[stage] = self.totals.get(stage, 0.0) + time.perf_counter() - started
+            return result
+
+        setattr(owner, name, timed)
+
+    def step(self, step, total, latents):
+        self._sync()
+        now = time.perf_counter()
+        self.steps.append(now - self._last)
+        self._last = now
+
+
+def run_stages(size: int, frames: int, steps: int, device: torch.device, dtype: torch.dtype, tiny: bool) -> dict:
+    started = time.perf_counter()
+    pipe = build_pipeline(device, dtype, tiny)
+    print(f"built the pipeline ({'tiny' if tiny else 'full-size'}, random weights) in {time.perf_counter() - started:.0f} s; "
+          f"{frames} frames {size}x{size}, {steps} steps, g=14 batched CFG, threads={torch.get_num_threads()}", flush=True)
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(frames, size, size, 3, generator=generator)
+    mask = torch.zeros(frames, size, size)
+    mask[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    clock = _Clock(pipe, device)
+    started = time.perf_counter()
+    pipe(video, mask, "a swan on a lake", num_inference_steps=steps, guidance_scale=14.0, seed=0, callback=clock.step)
+    total = time.perf_counter() - started
+    stages = {"text encode": clock.totals["text encode"], "VAE encode": clock.totals["VAE encode"]}
+    stages.update({f"step {i + 1} (U-Net, CFG, DDIM)": s for i, s in enumerate(clock.steps)})
+    stages["VAE decode"] = clock.totals["VAE decode"]
+    stages["other (resize, pad, paste-back)"] = total - sum(stages.values())
+    print(f"{'stage':36s} {'seconds':>9} {'share':>7}")
+    for name, seconds in stages.items():
+        print(f"{name:36s} {seconds:>9.2f} {seconds / total:>7.1%}")
+    print(f"{'total':36s} {total:>9.2f}")
+    return dict(size=size, frames=frames, steps=steps, tiny=tiny, total_seconds=total, stages=stages)
 
 
 def run_case(unet, frames: int, latent: int, steps: int, length: int | None, overlap: int | None, device) -> dict:
@@ -96,7 +180,7 @@ def run_case(unet, frames: int, latent: int, steps: int, length: int | None, ove
             "s_per_frame_step": seconds / frames, "peak_gib": peak / 2**30, "peak_above_model_gib": (peak - before) / 2**30}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (latent = size/8; default 64)")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps per case (default 1)")
@@ -109,16 +193,27 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is far faster on a "
                         "machine whose cores are busy with other work)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
-    args = parser.parse_args()
+    parser.add_argument("--stages", action="store_true", help="per-stage time of one whole pipeline call instead")
+    parser.add_argument("--stage-frames", type=int, default=8, help="frames for --stages (default 8)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random models (with --stages: a smoke run)")
+    parser.add_argument("--out", help="JSON file (default bench/results/pipeline.json, or pipeline_stages.json)")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     latent = args.size // 8
+    if args.stages:
+        result = run_stages(args.size, args.stage_frames, args.steps, device, dtype, args.tiny)
+        result.update(dtype=args.dtype, device=str(device), threads=torch.get_num_threads(), torch=torch.__version__)
+        out = Path(args.out or ROOT / "bench" / "results" / "pipeline_stages.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return 0
 
     started = time.perf_counter()
-    unet = build_unet(device, dtype)
+    unet = build_unet(device, dtype, args.tiny)
     params = sum(p.numel() for p in unet.parameters())
     print(f"built the video U-Net ({params / 1e6:.1f} M params, {args.dtype}, {device}) in "
           f"{time.perf_counter() - started:.0f} s; {args.size}x{args.size} frames, latent {latent}x{latent}, "
@@ -147,7 +242,7 @@ def main() -> int:
                                   windowed["peak_above_model_gib"] / max(plain["peak_above_model_gib"], 1e-9)}
             print(f"{frames} frames, windowed / plain: time x{ratios[frames]['time_windowed_over_plain']:.2f}, "
                   f"memory above model x{ratios[frames]['memory_above_model_windowed_over_plain']:.2f}")
-    out = Path(args.out)
+    out = Path(args.out or ROOT / "bench" / "results" / "pipeline.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"size": args.size, "steps": args.steps, "dtype": args.dtype, "device": str(device),
                                "threads": torch.get_num_threads(), "params": params, "machine": platform.machine(),

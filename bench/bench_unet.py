@@ -23,6 +23,7 @@ Prints tables and writes ``bench/results/bench_unet.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,11 +32,13 @@ import threading
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning OpenMP threads starve a busy CPU
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import _models, official_style  # noqa: E402
 from cococo_core.attention import attention_backend  # noqa: E402
 from cococo_core.models.motion_attention import (  # noqa: E402
     DampedGlobalAttention,
@@ -93,39 +96,76 @@ def _measure(function, repeat: int):
 
 
 # ---------------------------------------------------------------------------------------------- full U-Net
-def bench_full_unet(batch: int, frames: int, size: int, repeat: int) -> list[dict]:
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+def _guided_variants(video, sample, text, frame_chunk: int, with_official: bool = True, only=()):
+    """One guided denoising step's U-Net work (CFG g = 14), per variant: name -> (setup context, function)."""
+    negative, positive = text[:1], text[1:]
+    both_text = torch.cat([negative, positive])
 
-    from cococo_core.models.sd15 import SD15_INPAINT_UNET_CONFIG
-    from cococo_core.models.video_unet import VideoUNet
+    def ours_batched():
+        both = video(torch.cat([sample, sample]), 500, both_text)
+        return both[:1] + 14.0 * (both[1:] - both[:1])
 
+    def ours_chunked():
+        video.frame_chunk = frame_chunk
+        try:
+            return ours_batched()
+        finally:
+            video.frame_chunk = None
+
+    def two_calls():
+        return official_style.guided_noise(video, sample, 500, negative, positive, 14.0)
+
+    def two_calls_chunked():
+        video.frame_chunk = frame_chunk
+        try:
+            return two_calls()
+        finally:
+            video.frame_chunk = None
+
+    variants = {
+        "ours: SDPA, CFG batched (1 call, B=2)": (contextlib.nullcontext, ours_batched),
+        f"ours: SDPA, CFG batched, frame_chunk={frame_chunk}": (contextlib.nullcontext, ours_chunked),
+        "ours: SDPA, CFG split (2 calls, B=1)": (contextlib.nullcontext, two_calls),
+        f"ours: SDPA, CFG split, frame_chunk={frame_chunk}": (contextlib.nullcontext, two_calls_chunked),
+        "official-style: explicit scores, text K/V per location, CFG 2 calls": (
+            lambda: official_style.official_structure(video), two_calls),
+    }
+    if not with_official:
+        variants = {name: v for name, v in variants.items() if not name.startswith("official")}
+    if only:
+        variants = {name: v for word in only for name, v in variants.items() if word in name}
+    return variants
+
+
+def bench_full_unet(batch: int, frames: int, size: int, repeat: int, frame_chunk: int = 4,
+                    with_official: bool = True, only=()) -> list[dict]:
+    """One guided step (both CFG halves) of the full-size U-Net per variant; the variants alternate within each
+    round, the fastest round and the highest peak are kept."""
     started = time.perf_counter()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_INPAINT_UNET_CONFIG).eval()
-    video = VideoUNet(unet)
-    with torch.no_grad():  # random non-zero proj_out so the motion modules are not the identity
-        for _, module in video.motion_modules:
-            module.temporal_transformer.proj_out.weight.normal_(0, 0.02)
+    video = _models.video_unet()
     params = sum(p.numel() for p in video.parameters())
     print(f"built the full-size video U-Net: {params / 1e6:.1f} M params, {video.num_motion_modules} motion modules, "
-          f"{time.perf_counter() - started:.0f} s")
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    if batch != 2:
+        print("  (the guided step always has the 2 CFG halves; --batch is ignored here)")
     latent = size // 8
-    sample = torch.randn(batch, 9, frames, latent, latent)
-    text = torch.randn(batch, 77, 768)
-    rows = []
-    variants = (("ours: SDPA", "sdpa", AttnProcessor2_0()), ("official-style: explicit scores", "naive", AttnProcessor()))
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 9, frames, latent, latent, generator=generator)
+    text = torch.randn(2, 77, 768, generator=generator)
+    variants = _guided_variants(video, sample, text, frame_chunk, with_official, only)
     with torch.no_grad():  # warm-up (first-call allocations, kernel selection)
-        video(sample[:, :, :1], 500, text)
-    for label, backend, processor in variants:
-        unet.set_attn_processor(processor)
-        with attention_backend(backend):
-            seconds, cpu, peak = _measure(lambda: video(sample, 500, text), repeat)
-        rows.append(dict(variant=label, batch=batch, frames=frames, size=size, seconds=seconds, cpu_seconds=cpu,
-                         peak_extra_gib=peak))
-        print(f"  {label:34s} {seconds:7.2f} s wall  {cpu:7.2f} s CPU  peak +{peak:5.2f} GiB")
-    unet.set_attn_processor(AttnProcessor2_0())
-    return rows
+        video(sample[:, :, :1], 500, text[:1])
+    best = {name: dict(seconds=float("inf"), cpu_seconds=float("inf"), peak_extra_gib=0.0) for name in variants}
+    for round_ in range(repeat):
+        for name, (context, function) in variants.items():
+            with context():
+                seconds, cpu, peak = _measure(function, 1)
+            row = best[name]
+            row.update(seconds=min(row["seconds"], seconds), cpu_seconds=min(row["cpu_seconds"], cpu),
+                       peak_extra_gib=max(row["peak_extra_gib"], peak))
+            print(f"  round {round_ + 1}: {name:70s} {seconds:7.2f} s wall  {cpu:7.2f} s CPU  peak +{peak:5.2f} GiB",
+                  flush=True)
+    return [dict(variant=name, batch=2, frames=frames, size=size, **row) for name, row in best.items()]
 
 
 # ---------------------------------------------------------------------------------------------- attention layer
@@ -183,12 +223,14 @@ def bench_layers(batch: int, dim: int, shapes, repeat: int, max_scores_gib: floa
 
 
 def _table_full(rows) -> str:
-    base = next(r for r in rows if r["variant"].startswith("official"))
-    lines = ["| variant | B x F, size | wall (s) | CPU (s) | peak extra RAM (GiB) | CPU-time speed-up vs official-style |",
-             "|---|---|---|---|---|---|"]
+    base = next((r for r in rows if r["variant"].startswith("official")), rows[0])
+    lines = [f"| variant (one guided step) | F, size | wall (s) | CPU (s) | peak extra RAM (GiB) | wall / {base['variant'][:8]} | "
+             f"CPU / {base['variant'][:8]} | memory / {base['variant'][:8]} |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['batch']} x {r['frames']}, {r['size']}x{r['size']} | {r['seconds']:.2f} | "
-                     f"{r['cpu_seconds']:.2f} | {r['peak_extra_gib']:.2f} | {base['cpu_seconds'] / r['cpu_seconds']:.2f}x |")
+        lines.append(f"| {r['variant']} | {r['frames']}, {r['size']}x{r['size']} | {r['seconds']:.2f} | "
+                     f"{r['cpu_seconds']:.2f} | {r['peak_extra_gib']:.2f} | {r['seconds'] / base['seconds']:.2f} | "
+                     f"{r['cpu_seconds'] / base['cpu_seconds']:.2f} | "
+                     f"{r['peak_extra_gib'] / max(base['peak_extra_gib'], 1e-9):.2f} |")
     return "\n".join(lines)
 
 
@@ -225,6 +267,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per configuration, best is kept (default 1; attention layers at least 2)")
     parser.add_argument("--quick", action="store_true", help="small layer shapes only and no full U-Net (smoke run)")
     parser.add_argument("--skip-unet", action="store_true", help="only the attention-layer table")
+    parser.add_argument("--frame-chunk", type=int, default=4, help="frame_chunk of the chunked variant (default 4)")
+    parser.add_argument("--no-official", action="store_true",
+                        help="leave out the official-style variant (it runs out of memory at 512x512 x 16 frames)")
+    parser.add_argument("--variants", nargs="+", default=(), metavar="WORD",
+                        help="run only the U-Net variants whose name contains one of these words, in this order")
+    parser.add_argument("--skip-layers", action="store_true", help="only the full U-Net table")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy machine)")
     parser.add_argument("--max-scores-gib", type=float, default=6.0,
                         help="skip explicit-score runs whose score matrix + softmax copy exceed this (default 6)")
     parser.add_argument("--max-gflop", type=float, default=400.0, help="skip layer runs above this many GFLOP")
@@ -232,18 +281,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
                 device="cpu", dtype="float32")
     print(f"torch {info['torch']}, {info['threads']} threads, CPU fp32")
     results = dict(info=info)
     shapes = [(16, 8), (32, 8)] if args.quick else [(16, 8), (32, 8), (32, 16), (64, 8), (64, 16)]
     print("\nOne motion attention layer (C=320, batch %d):" % args.batch)
-    results["layers"] = bench_layers(args.batch, 320, shapes, max(2, args.repeat), args.max_scores_gib, args.max_gflop)
+    results["layers"] = [] if args.skip_layers else bench_layers(args.batch, 320, shapes, max(2, args.repeat),
+                                                                 args.max_scores_gib, args.max_gflop)
     if not (args.quick or args.skip_unet):
         print(f"\nFull-size video U-Net, B={args.batch}, F={args.frames}, {args.size}x{args.size}:")
-        results["full_unet"] = bench_full_unet(args.batch, args.frames, args.size, args.repeat)
+        results["full_unet"] = bench_full_unet(args.batch, args.frames, args.size, args.repeat, args.frame_chunk,
+                                               not args.no_official, args.variants)
         print("\n" + _table_full(results["full_unet"]))
-    print("\n" + _table_layers(results["layers"]))
+    if results["layers"]:
+        print("\n" + _table_layers(results["layers"]))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))

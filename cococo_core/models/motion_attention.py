@@ -16,6 +16,7 @@ keys load as they are), and run through :func:`cococo_core.attention.attention`.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -72,13 +73,18 @@ class _MotionAttention(nn.Module):
         return self.to_out[1](self.to_out[0](out))
 
 
-def _with_encoding(tokens: torch.Tensor, position_axis: int) -> torch.Tensor:
-    """``tokens + pe[position]`` with the position running along ``position_axis`` (channels last)."""
-    length, dim = tokens.shape[position_axis], tokens.shape[-1]
-    table = position_encoding(length, dim, device=tokens.device, dtype=tokens.dtype)
-    shape = [1] * tokens.dim()
-    shape[position_axis], shape[-1] = length, dim
-    return tokens + table.view(shape)
+def _with_encoding(tokens: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+    """``tokens + pe[position]`` as a new contiguous tensor, channels last, with the position running over the
+    axes ``start:stop`` (default: one axis) flattened row-major. ``tokens`` may be a permuted view: the layout
+    change and the add are then one pass (``add(..., out=)``) instead of a copy followed by an add (when no
+    gradient is recorded: ``out=`` is not differentiable)."""
+    stop = start + 1 if stop is None else stop
+    positions, dim = tokens.shape[start:stop], tokens.shape[-1]
+    table = position_encoding(math.prod(positions), dim, device=tokens.device, dtype=tokens.dtype)
+    table = table.view(*positions, *[1] * (tokens.dim() - 1 - stop), dim)
+    if torch.is_grad_enabled() and tokens.requires_grad:
+        return (tokens + table).contiguous()
+    return torch.add(tokens, table, out=torch.empty(tokens.shape, device=tokens.device, dtype=tokens.dtype))
 
 
 class TemporalSelfAttention(_MotionAttention):
@@ -87,9 +93,9 @@ class TemporalSelfAttention(_MotionAttention):
     def forward(self, hidden: torch.Tensor, geometry: VideoGeometry, text: torch.Tensor | None = None) -> torch.Tensor:
         frames_batch, tokens, dim = hidden.shape
         batch = frames_batch // geometry.frames
-        # (b f) d c -> (b d) f c
-        seq = hidden.view(batch, geometry.frames, tokens, dim).transpose(1, 2).reshape(batch * tokens, geometry.frames, dim)
-        seq = _with_encoding(seq, 1)
+        # (b f) d c -> (b d) f c, + PE[f]
+        seq = _with_encoding(hidden.view(batch, geometry.frames, tokens, dim).transpose(1, 2), 2)
+        seq = seq.view(batch * tokens, geometry.frames, dim)
         out = self._attend(seq, seq)
         return out.view(batch, tokens, geometry.frames, dim).transpose(1, 2).reshape(frames_batch, tokens, dim)
 
@@ -113,8 +119,8 @@ class DampedGlobalAttention(_MotionAttention):
         if resized:
             planes = F.interpolate(planes, size=grid, mode="nearest")
         # (b f) c h' w' -> b (f h' w') c, position = f*h'*w' + row*w' + col
-        seq = planes.permute(0, 2, 3, 1).reshape(batch, frames * grid[0] * grid[1], dim)
-        seq = _with_encoding(seq, 1)
+        seq = _with_encoding(planes.permute(0, 2, 3, 1).view(batch, frames, grid[0], grid[1], dim), 1, 4)
+        seq = seq.view(batch, frames * grid[0] * grid[1], dim)
         out = self._attend(seq, seq)
         planes = out.view(frames_batch, grid[0], grid[1], dim).permute(0, 3, 1, 2)
         if resized:
@@ -132,6 +138,6 @@ class TemporalTextCrossAttention(_MotionAttention):
         batch = frames_batch // geometry.frames
         if text.shape[0] != batch:
             raise ValueError(f"text batch {text.shape[0]} does not match the video batch {batch}")
-        queries = _with_encoding(hidden.view(batch, geometry.frames, tokens, dim), 1)
+        queries = _with_encoding(hidden.view(batch, geometry.frames, tokens, dim), 1)  # PE[f] on the queries only
         out = self._attend(queries.reshape(batch, geometry.frames * tokens, dim), text.to(hidden.dtype))
         return out.view(frames_batch, tokens, dim)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .chunking import set_frame_chunk
 from .motion_module import MotionModule
 
 INPAINT_CHANNELS = 9  # [4 noisy latents | 1 mask | 4 masked-image latents]
@@ -118,6 +119,7 @@ class VideoUNet(nn.Module):
         if not isinstance(text_dim, int):
             raise ValueError(f"per-block cross_attention_dim {text_dim!r} is not supported; SD-1.x uses one width")
         self.unet = unet
+        self._frame_chunk = None
         self._call = _VideoCall()
         self._hooks = []
         first = next(unet.parameters())
@@ -135,6 +137,7 @@ class VideoUNet(nn.Module):
 
     def release(self) -> nn.Module:
         """Detach the motion modules and hooks and give back the plain 2-D U-Net (this wrapper is then unusable)."""
+        self.frame_chunk = None
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
@@ -142,6 +145,18 @@ class VideoUNet(nn.Module):
             if hasattr(site.block, "motion_modules"):
                 del site.block.motion_modules
         return self.unet
+
+    @property
+    def frame_chunk(self) -> int | None:
+        """Frames (of the B·F in a call) that the per-frame layers process at a time; None (default): all at
+        once. Smaller chunks bound the working memory of the 2-D blocks and the CFG halves; the result is the
+        same (see :mod:`cococo_core.models.chunking`)."""
+        return self._frame_chunk
+
+    @frame_chunk.setter
+    def frame_chunk(self, chunk: int | None) -> None:
+        set_frame_chunk(self.unet, chunk)
+        self._frame_chunk = chunk
 
     # -- description -------------------------------------------------------------------------------------
     @property
