@@ -18,6 +18,19 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fails the test if a pipeline starts loading: every argument and path must be checked first."""
+    from cococo_core.lgvi.pipeline import LGVIPipeline
+    from cococo_core.pipeline import CoCoCoPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(CoCoCoPipeline, "from_pretrained", refuse)
+    monkeypatch.setattr(LGVIPipeline, "from_pretrained", refuse)
+
+
 # The real-ComfyUI tests (tests/test_comfyui_*.py) run in ComfyUI's own Python with COMFYUI_DIR set
 # (.ci/stage-10-comfyui.sh): the plain `pytest` run leaves them out; naming the files runs them.
 collect_ignore_glob = ["test_comfyui_*.py"]

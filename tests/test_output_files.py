@@ -152,19 +152,6 @@ def _inpaint(files, out, *extra):
             "--mask", str(files["mask"]), "--prompt", "a red car", "--out", str(out), "--steps", "1", *extra]
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fails the test if a model starts loading: every check must come first."""
-    from cococo_core.lgvi.pipeline import LGVIPipeline
-    from cococo_core.pipeline import CoCoCoPipeline
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(CoCoCoPipeline, "from_pretrained", refuse)
-    monkeypatch.setattr(LGVIPipeline, "from_pretrained", refuse)
-
-
 def test_inpaint_refuses_to_overwrite_its_input(files, capsys, no_loading):
     before = files["video"].read_bytes()
     for extra in ((), ("--overwrite",)):

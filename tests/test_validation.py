@@ -138,15 +138,6 @@ def files(tmp_path_factory):
             "lgvi": str(tiny.lgvi_folder(8))}
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    from cococo_core.pipeline import CoCoCoPipeline
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(CoCoCoPipeline, "from_pretrained", refuse)
-    monkeypatch.setattr(LGVIPipeline, "from_pretrained", refuse)
 
 
 def _exit_code(argv) -> int:
