@@ -179,11 +179,11 @@ def main() -> None:
         child(args)
         return
     torch.set_num_threads(args.threads)
-    rows = [run_case(case, args) for case in args.cases.split(",")]
+    rows = [run_case(case, args) for case in args.cases.split(",") if case]
     size = "32x48 (tiny models)" if args.tiny else "256x384"
     print(f"\ntraining step, {args.frames} frames x {size}, batch 1, CPU {args.threads} threads, SGD (AdamW: "
           f"+{ADAMW_STATE_BYTES_PER_PARAM} B per motion parameter)\n")
-    print("| precision | gradient checkpointing | step s | peak RSS GB | note |\n|---|---|---:|---:|---|")
+    print("| precision | gradient checkpointing | step s | peak RSS GB | note |\n|---|---|---:|---:|---|" if rows else "")
     for row in rows:
         precision, checkpointing = row["case"].split(":")
         seconds = f"{row['seconds']:.1f}" if row.get("seconds") is not None else "-"
@@ -198,7 +198,7 @@ def main() -> None:
                   f"| {row['seconds']:.1f} | {row['videos_per_minute']:.1f} |")
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    name = f"bench_training{'_tiny' if args.tiny else ''}_{args.frames}f.json"
+    name = f"bench_training{'_tiny' if args.tiny else ''}_{args.frames}f.json" if rows else "bench_training_data.json"
     (results / name).write_text(json.dumps({"frames": args.frames, "threads": args.threads, "training": rows,
                                             "data_preparation": data}, indent=1))
 
