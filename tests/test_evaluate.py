@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import cpu_processes
 import pytest
 
 import tiny_models
@@ -49,23 +50,12 @@ def dataset(tmp_path_factory):
     return root
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _evaluate(arguments: list[str], processes: int = 1) -> subprocess.CompletedProcess:
+    if processes > 1:
+        return cpu_processes.launch(["-m", "cococo_core", "evaluate", *arguments], processes=processes, cwd=ROOT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    if processes == 1:
-        command = [sys.executable, "-m", "cococo_core", "evaluate", *arguments]
-    else:  # torchrun through accelerate; on a machine without GPUs the processes use the gloo CPU backend
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(_free_port()), "-m", "cococo_core", "evaluate", *arguments]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "cococo_core", "evaluate", *arguments], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

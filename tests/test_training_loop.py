@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
+import cpu_processes
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -80,11 +77,6 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6] and metrics[0]["lr"] == pytest.approx(LR / 3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, monkeypatch):
     """Two CPU processes (gloo) with batch 2 each vs one process with batch 4.
@@ -102,13 +94,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
     two = toy_config(tmp_path / "two", checkpoint_every=0, train_batch_size=2)
     config_file = tmp_path / "two.json"
     config_file.write_text(json.dumps(two.to_dict()))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)]), "OMP_NUM_THREADS": "1",
-           "ACCELERATE_USE_CPU": "true"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-               "--main_process_port", str(_free_port()), "-m", "cococo_core", "train", "--config", str(config_file)]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cpu_processes.launch(["-m", "cococo_core", "train", "--config", str(config_file)], cwd=tmp_path, timeout=240)
     one, two_weights = final_head(tmp_path / "one"), final_head(tmp_path / "two")
     tolerance = config.max_steps * LR * 1e-8
     for key in one:
