@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="alternated timing rounds (default 3)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--mode", help="torch.compile mode (default: Inductor's default)")
+    parser.add_argument("--layout-optimization", action="store_true",
+                        help="keep Inductor's channels-last layout optimisation (compile_unet turns it off on CPU)")
     parser.add_argument("--tiny", action="store_true", help="tiny model (a smoke run)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_compile.json"))
     args = parser.parse_args(argv)
@@ -84,7 +86,10 @@ def main(argv=None) -> int:
         print(f"dynamo: {breaks['graphs']} graph(s), {breaks['graph_breaks']} graph break(s)", flush=True)
         torch._dynamo.reset()
 
-        compile_unet(unet, **({"mode": args.mode} if args.mode else {}))
+        options = {"mode": args.mode} if args.mode else {}
+        if args.layout_optimization:
+            options["options"] = {"layout_optimization": True}
+        compile_unet(unet, **options)
         compiled_out, first_s, first_cpu_s = _timed(step)
         print(f"first compiled step (compile + run): {first_s:.1f} s wall, {first_cpu_s:.1f} s CPU", flush=True)
         timing = {name: dict(step_s=float("inf"), step_cpu_s=float("inf")) for name in ("eager", "compiled")}
@@ -111,7 +116,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads(), tiny=args.tiny,
-                                   size=args.size, frames=args.frames, mode=args.mode, dynamo=breaks,
+                                   size=args.size, frames=args.frames, mode=args.mode,
+                                   layout_optimization=args.layout_optimization, dynamo=breaks,
                                    eager_first_step_s=eager_first_s, compiled_first_step_s=first_s,
                                    compiled_first_step_cpu_s=first_cpu_s, compile_s=compile_s,
                                    compile_cpu_s=compile_cpu_s, timing=timing, ratios=ratios,

@@ -126,3 +126,13 @@ def test_inpaint_cli_has_an_off_by_default_compile_flag():
     required = ["--video", "v", "--mask", "m", "--out", "o", "--base", "b", "--motion", "mo", "--prompt", "p"]
     assert parser.parse_args(required).compile is False
     assert parser.parse_args(required + ["--compile"]).compile is True
+
+
+def test_cpu_compile_turns_off_inductor_layout_optimization(monkeypatch):
+    """Measured: Inductor's channels-last layout optimisation made the full-size CPU step slower than eager."""
+    seen = {}
+    unet = _micro_video_unet()
+    monkeypatch.setattr(unet.unet, "compile", lambda **options: seen.update(options))
+    assert compilation.compile_unet(unet) or compilation.compile_unavailable_reason("cpu")
+    if seen:
+        assert seen["options"]["layout_optimization"] is False

@@ -52,6 +52,10 @@ def compile_unet(video_unet: nn.Module, **options) -> bool:
     if reason is not None:
         logger.warning("not compiling the U-Net: %s", reason)
         return False
+    if device.type == "cpu" and options.get("backend", "inductor") == "inductor" and "mode" not in options:
+        # Inductor's channels-last layout optimisation made a full-size CPU step 1.28x slower than eager; without
+        # it the step was 0.93x (bench/bench_compile.py, README "Benchmarks")
+        options["options"] = {"layout_optimization": False, **options.get("options", {})}
     inner.compile(**options)
     logger.info("the U-Net is compiled on first use of each input shape (minutes on a CPU, not cancellable)")
     return True
