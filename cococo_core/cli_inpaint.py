@@ -70,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiled VAE for large frames (default auto: on above 1024x1024 pixels)")
     models.add_argument("--attention", choices=["sdpa", "xformers", "naive"], default="sdpa",
                         help="attention kernel (default sdpa = torch scaled_dot_product_attention)")
+    models.add_argument("--compile", action="store_true",
+                        help="compile the U-Net with torch.compile (off by default): the first step compiles, which "
+                             "takes minutes on a CPU, later steps run faster; needs a C++ compiler on the CPU or "
+                             "Triton on a GPU, else a warning says why and it runs uncompiled")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--prompt", required=True, help="what should fill the masked region")
@@ -146,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     pipe = CoCoCoPipeline.from_pretrained(args.base, args.motion, tokenizer=args.tokenizer, device=device, dtype=dtype,
-                                          vae_dtype=vae_dtype, offload=args.offload, vae_chunk=args.vae_chunk)
+                                          vae_dtype=vae_dtype, offload=args.offload, vae_chunk=args.vae_chunk,
+                                          compile_unet=args.compile)
     loaded = time.perf_counter()
     tiling = {"auto": None, "on": True, "off": False}[args.vae_tiling]
     with tqdm(total=args.steps, desc="inpainting", unit="step") as bar, attention_backend(args.attention):

@@ -77,12 +77,13 @@ def _with_encoding(tokens: torch.Tensor, start: int, stop: int | None = None) ->
     """``tokens + pe[position]`` as a new contiguous tensor, channels last, with the position running over the
     axes ``start:stop`` (default: one axis) flattened row-major. ``tokens`` may be a permuted view: the layout
     change and the add are then one pass (``add(..., out=)``) instead of a copy followed by an add (when no
-    gradient is recorded: ``out=`` is not differentiable)."""
+    gradient is recorded: ``out=`` is not differentiable). Under ``torch.compile`` the plain add is used: the
+    compiler fuses the add and the copy itself, and does not keep the layout of an ``out=`` buffer."""
     stop = start + 1 if stop is None else stop
     positions, dim = tokens.shape[start:stop], tokens.shape[-1]
     table = position_encoding(math.prod(positions), dim, device=tokens.device, dtype=tokens.dtype)
     table = table.view(*positions, *[1] * (tokens.dim() - 1 - stop), dim)
-    if torch.is_grad_enabled() and tokens.requires_grad:
+    if (torch.is_grad_enabled() and tokens.requires_grad) or torch.compiler.is_compiling():
         return (tokens + table).contiguous()
     return torch.add(tokens, table, out=torch.empty(tokens.shape, device=tokens.device, dtype=tokens.dtype))
 

@@ -8,7 +8,6 @@ here instead of being loaded: the official limits (64 frames, 10000 DGA tokens) 
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -26,11 +25,23 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
     return table
 
 
-@functools.lru_cache(maxsize=16)
-def _cached(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return sinusoidal_encoding(length, dim).to(device=device, dtype=dtype)
+CACHE_SIZE = 16
+_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+@torch.compiler.disable
+def _build(key: tuple) -> torch.Tensor:
+    """Compute and cache one table, always eagerly: under ``torch.compile`` a compiled sin/cos/exp may differ
+    from ATen's by float32 ulps, which the arguments (up to ~10^4) amplify; the graph reads the cached table."""
+    length, dim, device, dtype = key
+    if len(_TABLES) >= CACHE_SIZE:
+        del _TABLES[next(iter(_TABLES))]
+    table = _TABLES[key] = sinusoidal_encoding(length, dim).to(device=device, dtype=dtype)
+    return table
 
 
 def position_encoding(length: int, dim: int, *, device, dtype) -> torch.Tensor:
     """The (length, dim) table on ``device`` in ``dtype`` (cached; never modify the result in place)."""
-    return _cached(int(length), int(dim), torch.device(device), dtype)
+    key = (int(length), int(dim), torch.device(device), dtype)
+    table = _TABLES.get(key)
+    return table if table is not None else _build(key)

@@ -38,15 +38,29 @@ class CoCoCoPipeline:
     ``device`` is where the U-Net runs (default: where its weights are). With ``offload=True`` the
     text encoder and the VAE wait on the CPU and visit ``device`` only while they work, so the
     accelerator holds just the U-Net during sampling. ``vae_chunk`` frames go through the VAE per call.
+    ``compile_unet=True`` compiles the U-Net with ``torch.compile`` (opt-in, see :meth:`compile_unet`).
     """
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, *, device=None, offload: bool = False, vae_chunk: int = 8):
+    def __init__(self, vae, text_encoder, tokenizer, unet, *, device=None, offload: bool = False, vae_chunk: int = 8,
+                 compile_unet: bool = False):
         if vae_chunk < 1:
             raise ValueError(f"vae_chunk must be >= 1 frame, got {vae_chunk}")
         self.vae, self.text_encoder, self.tokenizer, self.unet = vae, text_encoder, tokenizer, unet
         self.offload = offload
         self.vae_chunk = vae_chunk
         self.to(device if device is not None else module_device_dtype(unet)[0])
+        if compile_unet:
+            self.compile_unet()
+
+    def compile_unet(self, **options) -> bool:
+        """Compile the U-Net in place with ``torch.compile`` (``options`` are passed on). The first step of
+        each new latent shape then compiles (minutes on a CPU, not cancellable); later steps run the compiled
+        code, and progress and cancel work as before. Where torch.compile cannot work (no C++ compiler, no
+        Triton, unsupported platform) a warning says why and the U-Net stays eager. Returns whether it compiled.
+        Call after :meth:`to` (a compiled model is specialised to its device)."""
+        from ..models.compilation import compile_unet  # noqa: PLC0415
+
+        return compile_unet(self.unet, **options)
 
     def to(self, device) -> "CoCoCoPipeline":
         """Run on ``device`` from now on: the U-Net moves there, and so do the VAE and text encoder unless
@@ -61,7 +75,7 @@ class CoCoCoPipeline:
 
     @classmethod
     def from_pretrained(cls, base, motion, *, tokenizer=None, device=None, dtype=None, vae_dtype=None,
-                        offload: bool = False, vae_chunk: int = 8) -> "CoCoCoPipeline":
+                        offload: bool = False, vae_chunk: int = 8, compile_unet: bool = False) -> "CoCoCoPipeline":
         """Load SD-1.x-inpainting parts from ``base`` (diffusers folder or single file) and the motion
         modules from ``motion`` (official ``model_*.pth`` files / converted safetensors).
         ``vae_dtype`` defaults to ``dtype``; fp32 avoids the SD VAE's rare fp16 overflow."""
@@ -73,7 +87,7 @@ class CoCoCoPipeline:
             parts.vae.to(vae_dtype)
         unet = video_unet_from_unet2d(parts.unet, motion, device=device)  # already in dtype
         return cls(parts.vae, parts.text_encoder, parts.tokenizer, unet, device=device, offload=offload,
-                   vae_chunk=vae_chunk)
+                   vae_chunk=vae_chunk, compile_unet=compile_unet)
 
     @contextlib.contextmanager
     def _visiting(self, module):
