@@ -96,8 +96,7 @@ class LoraStack:
         stack = cls()
         for spec in specs:
             label = spec.label()
-            if not math.isfinite(float(spec.strength)):
-                raise ValueError(f"LoRA {label}: strength {spec.strength} is not a finite number")
+            validation.finite(spec.strength, f"the strength of LoRA {label}")  # again: specs are mutable
             state, metadata, sidecar = _load(spec)
             sdxl = sorted(k for k in state if k.startswith(SDXL_PREFIXES))
             if sdxl:

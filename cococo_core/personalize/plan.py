@@ -17,7 +17,6 @@ an input or an overflow) raises :class:`NonFiniteError` naming the file and tens
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -112,8 +111,7 @@ class MergePlan:
     def __init__(self, recipe: MergeRecipe, *, dtype: Optional[torch.dtype] = None,
                  device: Union[str, torch.device] = "cpu"):
         for name, value in (("alpha", recipe.alpha), *recipe.betas().items()):
-            if not math.isfinite(float(value)):
-                raise ValueError(f"{name} must be a finite number, got {value}")
+            validation.finite(value, name)  # again: recipes are mutable
         unknown = [c for c in recipe.components if c not in COMPONENTS]
         if unknown:
             raise ValueError(f"unknown component(s) {', '.join(unknown)}; expected some of {', '.join(COMPONENTS)}")
