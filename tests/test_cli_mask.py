@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cococo_core import cli, cli_mask
+from cococo_core import cli
+from cococo_core.cli import mask as cli_mask
 from cococo_core.masks.loading import load_detector, load_segmenter
 from cococo_core.masks.text_masks import MaskOptions, masks_from_text
 from cococo_core.video_io import read_frames, read_mask

@@ -119,7 +119,7 @@ def test_unsupported_platform_is_reported(monkeypatch):
 def test_inpaint_cli_has_an_off_by_default_compile_flag():
     import argparse
 
-    from cococo_core import cli_inpaint
+    from cococo_core.cli import inpaint as cli_inpaint
 
     parser = argparse.ArgumentParser()
     cli_inpaint.add_arguments(parser)

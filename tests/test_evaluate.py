@@ -207,7 +207,7 @@ def test_resuming_with_other_settings_is_refused(dataset, tmp_path, capsys):
 def test_paper_preset_with_an_override():
     import argparse
 
-    from cococo_core import cli_evaluate
+    from cococo_core.cli import evaluate as cli_evaluate
 
     parser = argparse.ArgumentParser()
     cli_evaluate.add_arguments(parser)

@@ -95,3 +95,15 @@ def test_cli_lists_every_command_and_each_has_help(capsys):
     with pytest.raises(SystemExit) as unknown:
         main(["no-such-command"])
     assert unknown.value.code == 2
+
+
+def test_commands_live_in_the_cli_package_and_the_root_holds_only_the_library():
+    import pkgutil
+
+    import cococo_core
+    from cococo_core import cli
+
+    command_modules = {info.name for info in pkgutil.iter_modules(cli.__path__)}
+    assert command_modules == {name.replace("-", "_") for name in cli.COMMANDS} | {"args"}
+    root_modules = {info.name for info in pkgutil.iter_modules(cococo_core.__path__)}
+    assert not {name for name in root_modules if name.startswith("cli_")}, root_modules

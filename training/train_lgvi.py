@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cococo_core import cli_train  # noqa: PLC0415
+    from cococo_core.cli import train as cli_train  # noqa: PLC0415
     from cococo_core.training.config import read_config_file  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

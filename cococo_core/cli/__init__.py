@@ -1,7 +1,8 @@
 """Command line: ``cococo <command> ...`` (installed by ``pip install .``) or ``python -m cococo_core <command> ...``.
 
-Each command lives in its own module ``cococo_core.cli_<command>`` (``-`` written as ``_``)
+Each command lives in its own module ``cococo_core.cli.<command>`` (``-`` written as ``_``)
 exposing ``add_arguments(parser)`` and ``run(args) -> int``; only the chosen one is imported.
+The argument types the commands share are in ``cococo_core.cli.args``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ COMMANDS = {
 
 
 def _command_module(command: str):
-    return importlib.import_module(f".cli_{command.replace('-', '_')}", __package__)
+    return importlib.import_module(f".{command.replace('-', '_')}", __name__)
 
 
 def _program_name() -> str:

@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from .cli_args import (add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite, non_negative,
+from .args import (add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite, non_negative,
                        positive, require_paths, seed, steps)
 
 logger = logging.getLogger(__name__)
@@ -108,11 +108,11 @@ def run(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    from .attention import attention_backend  # noqa: PLC0415
-    from .lgvi.video_tensor import work_size  # noqa: PLC0415
-    from .output_files import check_distinct, staged_file  # noqa: PLC0415
-    from .output_files import check_output as check_file  # noqa: PLC0415
-    from .video_io import check_output, read_frames, write_video  # noqa: PLC0415
+    from ..attention import attention_backend  # noqa: PLC0415
+    from ..lgvi.video_tensor import work_size  # noqa: PLC0415
+    from ..output_files import check_distinct, staged_file  # noqa: PLC0415
+    from ..output_files import check_output as check_file  # noqa: PLC0415
+    from ..video_io import check_output, read_frames, write_video  # noqa: PLC0415
 
     # every argument and path is checked before a model loads
     if not os.path.isdir(args.model):
@@ -183,7 +183,7 @@ def _progress(tqdm, steps, desc):
 
 
 def _run_referring(args, frames, device, dtype, options, tqdm):
-    from .lgvi.pipeline import LGVIPipeline  # noqa: PLC0415
+    from ..lgvi.pipeline import LGVIPipeline  # noqa: PLC0415
 
     started = time.perf_counter()
     pipe = LGVIPipeline.from_pretrained(args.model, device=device, dtype=dtype)
@@ -195,7 +195,7 @@ def _run_referring(args, frames, device, dtype, options, tqdm):
 
 
 def _run_chat(args, frames, requests, device, dtype, options, replies, tqdm):
-    from .lgvi.interactive import remove_with_chat  # noqa: PLC0415
+    from ..lgvi.interactive import remove_with_chat  # noqa: PLC0415
 
     session, results = None, []
     for turn, request in enumerate(requests, start=1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import validation
+from .. import validation
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

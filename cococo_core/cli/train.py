@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .training.config import load_config
-    from .training.loop import train
+    from ..training.config import load_config
+    from ..training.loop import train
 
     overrides = list(args.overrides)
     if args.resume:

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from .cli_args import positive
+from .args import positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .training.cococo.prepare import PrepareOptions, prepare
+    from ..training.cococo.prepare import PrepareOptions, prepare
 
     rank = args.rank if args.rank is not None else int(os.environ.get("RANK", 0))
     world = args.world_size or int(os.environ.get("WORLD_SIZE", 1))
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     )
     detector = None
     if args.detector:
-        from .masks import load_detector
+        from ..masks import load_detector
 
         detector = load_detector(args.detector, bert=args.bert, device=device)
     summary = prepare(options, detector)

@@ -11,15 +11,15 @@ import logging
 import time
 from pathlib import Path
 
-from .cli_args import add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite, require_paths
+from .args import add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite, require_paths
 
 log = logging.getLogger(__name__)
 DEFAULT_FPS = 8.0  # for image sequences, which carry no frame rate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .masks.detect import DEFAULT_BOX_THRESHOLD, DEFAULT_TEXT_THRESHOLD
-    from .masks.text_masks import MaskOptions
+    from ..masks.detect import DEFAULT_BOX_THRESHOLD, DEFAULT_TEXT_THRESHOLD
+    from ..masks.text_masks import MaskOptions
 
     defaults = MaskOptions()
     io = parser.add_argument_group("input and output")
@@ -79,11 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .masks.loading import load_detector, load_segmenter
-    from .masks.preview import draw_preview
-    from .masks.text_masks import MaskOptions, masks_from_text
-    from .output_files import check_distinct
-    from .video_io import check_output, read_frames, write_video
+    from ..masks.loading import load_detector, load_segmenter
+    from ..masks.preview import draw_preview
+    from ..masks.text_masks import MaskOptions, masks_from_text
+    from ..output_files import check_distinct
+    from ..video_io import check_output, read_frames, write_video
 
     options = MaskOptions(
         box_threshold=args.box_threshold, text_threshold=args.text_threshold, detect_every=args.detect_every,

@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .models.motion_weights import check_motion_state, read_motion_weights, save_motion_safetensors
-    from .models.sd15 import sd15_motion_shapes
-    from .output_files import check_output
+    from ..models.motion_weights import check_motion_state, read_motion_weights, save_motion_safetensors
+    from ..models.sd15 import sd15_motion_shapes
+    from ..output_files import check_output
 
     output = Path(args.output)
     if output.suffix != ".safetensors":

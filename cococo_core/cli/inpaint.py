@@ -13,7 +13,7 @@ import argparse
 import logging
 import time
 
-from .cli_args import (DTYPES, add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite,
+from .args import (DTYPES, add_device_arguments, add_frame_selection, add_overwrite, device_and_dtype, finite,
                        non_negative, positive, require_paths, seed, steps)
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    from .attention import attention_backend  # noqa: PLC0415
-    from .pipeline import CoCoCoPipeline  # noqa: PLC0415
-    from .pipeline.frames import plan_geometry  # noqa: PLC0415
-    from .video_io import check_output, read_frames, read_mask, write_video  # noqa: PLC0415
+    from ..attention import attention_backend  # noqa: PLC0415
+    from ..pipeline import CoCoCoPipeline  # noqa: PLC0415
+    from ..pipeline.frames import plan_geometry  # noqa: PLC0415
+    from ..video_io import check_output, read_frames, read_mask, write_video  # noqa: PLC0415
 
     # every argument and path is checked before a model loads
     device, dtype = device_and_dtype(args.device, args.dtype)

@@ -8,8 +8,8 @@ import argparse
 import sys
 import time
 
-from .cli_args import finite, require_paths
-from .personalize import LoraSpec, MergeRecipe, save_merged
+from .args import finite, require_paths
+from ..personalize import LoraSpec, MergeRecipe, save_merged
 
 _DTYPES = {"same": None, "fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -67,7 +67,7 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .output_files import check_output
+    from ..output_files import check_output
 
     loras = [LoraSpec.parse(text) for text in args.lora]
     inputs = [args.base, args.inpaint, args.personal, *(spec.source for spec in loras)]

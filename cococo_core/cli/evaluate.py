@@ -22,7 +22,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from .cli_args import add_device_arguments, device_and_dtype, non_negative, positive
+from .args import add_device_arguments, device_and_dtype, non_negative, positive
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _protocol(args):
-    from .evaluation.protocol import PAPER, Protocol  # noqa: PLC0415
+    from ..evaluation.protocol import PAPER, Protocol  # noqa: PLC0415
 
     base = PAPER if args.protocol == "paper" else Protocol()
     chosen = {k: v for k, v in dict(start=args.start, stride=args.stride, max_frames=args.max_frames, size=args.size,
@@ -120,7 +120,7 @@ def _check(args) -> None:
 
 
 def _suite(args, device):
-    from .metrics import MetricSuite, load_clip, load_flow, load_i3d  # noqa: PLC0415
+    from ..metrics import MetricSuite, load_clip, load_flow, load_i3d  # noqa: PLC0415
 
     clip = load_clip(args.clip, tokenizer=args.clip_tokenizer, device=device) if args.clip else None
     i3d = load_i3d(args.i3d, device=device) if args.i3d else None
@@ -129,16 +129,16 @@ def _suite(args, device):
 
 
 def _maker(args, device, dtype, paste_back: bool):
-    from .evaluation import runner  # noqa: PLC0415
+    from ..evaluation import runner  # noqa: PLC0415
 
     if args.mode == "inpaint":
-        from .pipeline import CoCoCoPipeline  # noqa: PLC0415
+        from ..pipeline import CoCoCoPipeline  # noqa: PLC0415
 
         pipe = CoCoCoPipeline.from_pretrained(args.base, args.motion, tokenizer=args.tokenizer, device=device, dtype=dtype)
         guidance = 14.0 if args.guidance is None else args.guidance
         return runner.cococo_result(pipe, args.steps, guidance, args.seed, paste_back=paste_back)
     if args.mode == "remove":
-        from .lgvi.pipeline import LGVIPipeline  # noqa: PLC0415
+        from ..lgvi.pipeline import LGVIPipeline  # noqa: PLC0415
 
         pipe = LGVIPipeline.from_pretrained(args.model, device=device, dtype=dtype)
         guidance = 3.0 if args.guidance is None else args.guidance
@@ -150,10 +150,10 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    from .evaluation.dataset import read_dataset  # noqa: PLC0415
-    from .evaluation.protocol import PROMPTS, sample_videos  # noqa: PLC0415
-    from .evaluation.results import ResultStore  # noqa: PLC0415
-    from .evaluation.runner import Evaluator  # noqa: PLC0415
+    from ..evaluation.dataset import read_dataset  # noqa: PLC0415
+    from ..evaluation.protocol import PROMPTS, sample_videos  # noqa: PLC0415
+    from ..evaluation.results import ResultStore  # noqa: PLC0415
+    from ..evaluation.runner import Evaluator  # noqa: PLC0415
 
     _check(args)
     protocol = _protocol(args)
@@ -211,7 +211,7 @@ def _settings(args, protocol, paste_back: bool) -> dict:
 
 
 def _print_summary(summary: dict, out: str) -> None:
-    from .metrics.suite import METRICS  # noqa: PLC0415
+    from ..metrics.suite import METRICS  # noqa: PLC0415
 
     print(f"{summary['videos']} videos evaluated, {summary['failed']} failed; results in {out}")
     for key, entry in summary["metrics"].items():
