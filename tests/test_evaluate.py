@@ -179,6 +179,25 @@ def test_plain_csv_paths_must_stay_inside_the_dataset(tmp_path):
         read_dataset(csv)
 
 
+def test_rovi_json_layout_gives_one_sample_per_object(tmp_path):
+    """A ROVI JSON as LGVI training reads it (``read_rovi``'s field map): objects with their inpainted video,
+    mask and referring expression; paths must stay inside the root."""
+    rovi = {"vid1": {"video": "JPEGImages/vid1", "objects": [
+        {"inpainted": "Inpainted/vid1/0", "mask": "Masks/vid1/0", "expression": "remove the dog on the left"},
+        {"inpainted": "Inpainted/vid1/1", "mask": "Masks/vid1/1", "expression": ["remove the cat", "the cat"]}]}}
+    (tmp_path / "test.json").write_text(json.dumps(rovi))
+    samples = read_dataset(tmp_path / "test.json")
+    assert [(s.id, s.prompt) for s in samples] == [("Inpainted/vid1/0", "remove the dog on the left"),
+                                                   ("Inpainted/vid1/1", "remove the cat")]
+    root = tmp_path.resolve()
+    assert samples[0].video == root / "JPEGImages" / "vid1" and samples[1].target == root / "Inpainted" / "vid1" / "1"
+    assert samples[1].mask == root / "Masks" / "vid1" / "1"
+    rovi["vid1"]["objects"][0]["inpainted"] = "../../elsewhere/0"
+    (tmp_path / "test.json").write_text(json.dumps(rovi))
+    with pytest.raises(ValueError, match="outside"):
+        read_dataset(tmp_path / "test.json")
+
+
 def test_folder_layout(dataset):
     samples = read_dataset(dataset)
     assert [(s.id, s.prompt, s.mask is not None) for s in samples] == [("clip0", "a cat", True), ("clip1", "a dog", False)]

@@ -42,9 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("dataset and output")
     data.add_argument("--dataset", required=True, metavar="PATH",
                       help="a CSV file (columns video or WebVid's videoid/page_dir, prompt or WebVid's name, "
-                           "optional id, mask, target) or a folder with videos/ [masks/ targets/ prompts.json]")
-    data.add_argument("--video-root", metavar="FOLDER", help="CSV datasets: the folder the video paths are relative to "
-                      "(default: the CSV's folder)")
+                           "optional id, mask, target), a ROVI JSON (LGVI's test.json: one sample per object, its "
+                           "expression, inpainted target and mask) or a folder with videos/ [masks/ targets/ "
+                           "prompts.json]")
+    data.add_argument("--video-root", metavar="FOLDER", help="CSV and ROVI JSON datasets: the folder the video paths "
+                      "are relative to (default: the file's folder)")
     data.add_argument("--out", required=True, metavar="FOLDER", help="output folder (created; reused to resume)")
     data.add_argument("--save-results", action="store_true", help="also write every result video to OUT/videos/")
 
