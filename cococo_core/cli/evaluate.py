@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         save = Path(args.out) / "videos"
         save.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator(store, protocol, _suite(args, device, conventions), _maker(args, device, dtype, paste_back) if mine else None,
-                          Path(args.results) if args.results else None, save, prompts, score_prompt=args.mode != "remove")
+                          Path(args.results) if args.results else None, save, prompts, score_prompt=args.mode != "remove" and args.protocol != "lgvi")
     for sample in tqdm(mine, desc=f"evaluate {state.process_index + 1}/{state.num_processes}", unit="video",
                        position=state.process_index, disable=not mine):
         store.append(state.process_index, evaluator.run_one(sample))
