@@ -186,6 +186,31 @@ def test_warp_error_of_a_fully_occluded_pair_follows_lai_et_al():
     assert abs(all_pixels - lai) > 0.01
 
 
+def test_metric_suite_passes_the_occlusion_convention_to_e_warp():
+    from cococo_core.metrics import MetricSuite
+
+    class FixedFlow:  # a stand-in estimator: pair 0 fully occluded (forward +2, backward 0), pair 1 static
+        name = "fixed"
+
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, first, second):
+            self.calls += 1
+            flow = torch.zeros(2, 8, 10, 2, dtype=torch.float64)
+            if self.calls % 2 == 1:
+                flow[0, ..., 0] = 2.0
+            return flow
+
+    video = np.random.default_rng(3).integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
+    frames = video.astype(np.float64) / 255
+    lai = 100 * np.mean((frames[2] - frames[1]) ** 2) / 2  # evaluate_WarpError.py: the occluded pair adds 0
+    paper = MetricSuite(flow=FixedFlow(), conventions=conventions_preset("paper")).evaluate(video, video).values
+    pack = MetricSuite(flow=FixedFlow()).evaluate(video, video).values
+    assert paper["ewarp"] == pytest.approx(lai, rel=1e-12)
+    assert pack["ewarp"] > paper["ewarp"] + 1.0
+
+
 # --- the CS clamp
 
 def test_clip_score_clamps_each_frame_or_the_mean_as_torchmetrics():
