@@ -9,6 +9,10 @@ Examples::
         --video-root webvid/videos --protocol paper --mode inpaint --base models/sd-v1-5-inpainting \\
         --motion models/cococo --clip models/clip-vit-large-patch14 --i3d models/i3d_rgb_imagenet.pt --out eval/
 
+    # LGVI's removal table (ROVI test set): PSNR, SSIM, VFID, E*_warp with the published code's conventions
+    python -m cococo_core evaluate --dataset rovi/test.json --video-root rovi/data --protocol lgvi --mode remove \
+        --model models/lgvi --i3d models/i3d_rgb_imagenet.pt --flow raft --raft models/raft_large.pth --out eval-lgvi/
+
     # metrics only, for results made elsewhere (results/<id>.mp4)
     python -m cococo_core evaluate --dataset my_set/ --results results/ --out eval/
 
