@@ -244,18 +244,23 @@ class Frontend:
         Path(path).write_bytes(base64.b64decode(shot["data"]))
 
     def queue(self, widget_values: dict[str, dict] | None = None) -> str:
-        """Queue the open workflow as the Run button does, after setting ``{node type: {widget: value}}``;
-        returns the prompt id."""
+        """Queue the open workflow as the Run button does (the frontend's graphToPrompt and queuePrompt), after
+        setting ``{node type: {widget: value}}``; waits for the run and returns its prompt id."""
         for node_type, values in (widget_values or {}).items():
             for name, value in values.items():
                 self.evaluate(f"app.graph._nodes.filter(n => n.type === {json.dumps(node_type)}).forEach(n => "
                               f"n.widgets?.filter(w => w.name === {json.dumps(name)}).forEach(w => "
                               f"w.value = {json.dumps(value)})); true")
-        before = set(self.server.get("/history"))
-        self.evaluate("app.queuePrompt(0, 1).then(() => true)")
-        found = self.server.wait_for(lambda: set(self.server.get("/history")) - before or
-                                     (self.server.get("/queue")["queue_running"] and None), 600, "the run to finish")
-        return next(iter(found))
+        answer = self.evaluate("(async () => { const {api} = await import('/scripts/api.js'); "
+                               "const prompt = await app.graphToPrompt(); "
+                               "try { return JSON.stringify(await api.queuePrompt(0, prompt)); } "
+                               "catch (error) { return JSON.stringify({error: String(error), "
+                               "details: error.response ?? null}); } })()")
+        answer = json.loads(answer)
+        if "prompt_id" not in answer:
+            raise RuntimeError(f"ComfyUI refused the workflow: {answer}")
+        self.server.wait(answer["prompt_id"])
+        return answer["prompt_id"]
 
 
 def check_all(server, workflows: dict[str, dict], out: Path, runs: dict[str, dict] | None = None) -> dict:
