@@ -270,6 +270,7 @@ def check_all(server, workflows: dict[str, dict], out: Path, runs: dict[str, dic
     found = {}
     with tempfile.TemporaryDirectory(prefix="comfyui-frontend-") as scratch, Frontend(server, Path(scratch)) as page:
         for name, workflow in workflows.items():
+            start = time.monotonic()
             page.load(workflow)
             view = page.measure()
             page.screenshot(out / f"{name}.png")
@@ -282,6 +283,7 @@ def check_all(server, workflows: dict[str, dict], out: Path, runs: dict[str, dic
                 page.screenshot(out / f"{name}_after_run.png")
                 found[f"{name} after a run"] = problems(view) + (
                     [] if status["status_str"] == "success" else [f"the run failed: {status['messages'][-1]}"])
+            print(f"{name}: checked in {time.monotonic() - start:.1f} s", flush=True)
     return found
 
 

@@ -199,9 +199,13 @@ def _install_personal_models(root: Path) -> None:
 
     (root / "models" / "loras").mkdir(parents=True, exist_ok=True)
     save_file(lora, root / "models" / "loras" / "civitai_style_lora.safetensors")
-    sdxl = {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 640),
-            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.zeros(640, 4)}
-    save_file(sdxl, root / "models" / "loras" / "sdxl_lora.safetensors")
+    # an SDXL LoRA as kohya writes one: SD-1.5-sized self-attention first, cross-attention reading SDXL's 2048-wide
+    # text context (named without "sdxl", so only its contents can tell)
+    block = "lora_unet_input_blocks_4_1_transformer_blocks_0"
+    sdxl = {f"{block}_attn1_to_q.lora_down.weight": torch.zeros(4, 640), f"{block}_attn1_to_q.lora_up.weight": torch.zeros(640, 4),
+            f"{block}_attn2_to_k.lora_down.weight": torch.zeros(4, 2048), f"{block}_attn2_to_k.lora_up.weight": torch.zeros(640, 4)}
+    save_file(sdxl, root / "models" / "loras" / "xl_style.safetensors")
+    shutil.copy(tiny_models.sdxl_file(), checkpoints / "xl_finetune.safetensors")
 
 
 def _install_lgvi_models(root: Path) -> None:
@@ -241,10 +245,16 @@ def test_lora_workflow_personalizes_a_copy(comfy_env):
     assert _saved(outputs, "10").shape == (FRAMES, SIZE, SIZE, 3)
 
 
-def test_sdxl_lora_is_refused_with_a_clear_message(comfy_env):
+def test_sdxl_lora_and_checkpoint_are_not_offered_and_refused_naming_their_family(comfy_env):
+    lora_node, personalize = (nodes.NODE_CLASS_MAPPINGS[n] for n in ("CoCoCoLoRA", "CoCoCoPersonalize"))
+    assert lora_node.INPUT_TYPES()["required"]["lora_name"][0] == ["civitai_style_lora.safetensors"]
+    offered = personalize.INPUT_TYPES()["required"]["personal_model"][0]
+    assert "checkpoints/dreambooth_sd15.safetensors" in offered and "checkpoints/xl_finetune.safetensors" not in offered
+    message = lora_node.VALIDATE_INPUTS("xl_style.safetensors")
+    assert message.startswith("'xl_style.safetensors' is not an SD-1.5 LoRA: pick an SD-1.5 LoRA") and "SDXL" in message
     prompt = _fast(_api("cococo_civitai_lora.json"))
-    prompt["5"]["inputs"]["lora_name"] = "sdxl_lora.safetensors"
-    with pytest.raises(ValueError, match="(?i)sdxl"):
+    prompt["5"]["inputs"]["lora_name"] = "xl_style.safetensors"
+    with pytest.raises(wx.PromptError, match="not an SD-1.5 LoRA: pick an SD-1.5 LoRA .*Detected SDXL"):
         wx.execute(prompt, CLASSES)
 
 
