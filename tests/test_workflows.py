@@ -137,6 +137,18 @@ def test_drawn_mask_inpainting_workflow(comfy_env):
     assert kind == "JPEG" and picture.size == (SIZE // 8, SIZE // 8)
 
 
+def test_a_mask_of_another_size_is_refused_with_the_remedy_or_resized_on_request(comfy_env):
+    prompt = _fast(_api("cococo_inpaint_drawn_mask.json"))
+    small = np.full((SIZE // 2, SIZE // 2, 4), 255, np.uint8)
+    small[8:20, 10:22, 3] = 0
+    Image.fromarray(small).save(comfy_env["root"] / "input" / "small_mask.png")
+    prompt["3"]["inputs"]["image"] = "small_mask.png"
+    with pytest.raises(ValueError, match=r"^The mask is 32x32 but the video frames are 64x64: turn on resize_mask"):
+        wx.execute(prompt, CLASSES)
+    prompt["5"]["inputs"]["resize_mask"] = prompt["8"]["inputs"]["resize_mask"] = True
+    assert _saved(wx.execute(prompt, CLASSES), "7").shape == (FRAMES, SIZE, SIZE, 3)
+
+
 def test_single_file_base_and_model_reuse(comfy_env):
     loader = nodes.NODE_CLASS_MAPPINGS["CoCoCoModelLoader"]()
     first = loader.load("checkpoints/sd-v1-5-inpainting.safetensors", "cococo_official", "auto", False)[0]
