@@ -303,6 +303,16 @@ def output_path(prefix: str, suffix: str) -> Path:
     return folder / f"{relative.name}_{counter:05}_{suffix}"
 
 
+def output_description(path: Path) -> str:
+    """Where a written file is, as a status text says it: its name inside the output folder, and that folder."""
+    root = output_directory()
+    try:
+        relative = Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+    return f"{relative} in the output folder ({root.resolve()})"
+
+
 # --- devices and memory --------------------------------------------------------------------------
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")

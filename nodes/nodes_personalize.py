@@ -182,7 +182,8 @@ class CoCoCoSaveCheckpoint:
         path = comfy.output_path(filename_prefix, ".safetensors")
         report = save_merged(cococo_pipe.recipe, path, callback=comfy.Progress("save"), cancel=comfy.interrupt_check())
         logger.info("saved the personalized checkpoint %s\n%s", path, report.summary())
-        return {"ui": {"text": [f"saved {path.name}"]}, "result": ()}
+        return {"ui": {"text": [f"Saved {comfy.output_description(path)}. Move it to models/checkpoints/ to load it "
+                                "as a CoCoCo base model."]}, "result": ()}
 
 
 NODE_CLASS_MAPPINGS = {"CoCoCoLoRA": CoCoCoLoRA, "CoCoCoPersonalize": CoCoCoPersonalize,

@@ -274,6 +274,9 @@ def test_dreambooth_workflow_merges_and_saves(comfy_env):
     outputs = wx.execute(_fast(_api("cococo_dreambooth_checkpoint.json")), CLASSES)
     saved = sorted((comfy_env["root"] / "output" / "checkpoints").glob("cococo_dreambooth_inpainting_*.safetensors"))
     assert len(saved) == 1
+    output = (comfy_env["root"] / "output").resolve()  # the status text names the file and the folder it went to
+    assert outputs["7"][1]["text"] == [f"Saved checkpoints/{saved[0].name} in the output folder ({output}). Move it to "
+                                       "models/checkpoints/ to load it as a CoCoCo base model."]
     from safetensors import safe_open
 
     with safe_open(str(saved[0]), "pt") as merged:
