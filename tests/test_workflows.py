@@ -106,6 +106,37 @@ def test_ui_workflow_matches_api_and_node_specs(api_file, tmp_path):
             "regenerate with: python tests/workflow_executor.py"
 
 
+MODEL_INPUTS = ("base_model", "motion_model", "ckpt_name", "lora_name", "sd15_base", "personal_model", "model_name",
+                "lgvi_model", "lgvi_i_model", "llava_model", "clip_vision_model", "clip_model")
+
+
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
+def test_readme_names_every_model_a_shipped_workflow_expects(api_file):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### What each shipped workflow expects"):]
+    row = next((line for line in table.splitlines() if line.startswith(f"| `{api_file.stem}` |")), None)
+    assert row is not None, f"the README's table of what each workflow expects has no row for {api_file.stem}"
+    for node in _api(api_file.name).values():
+        for name, value in node["inputs"].items():
+            if name in MODEL_INPUTS and isinstance(value, str) and not value.startswith(("(", "none")):
+                assert f"{value}`" in row, f"{api_file.stem}: the README does not name {value!r} ({name})"
+
+
+def test_core_loaders_carry_download_entries_the_missing_model_dialog_reads():
+    """Frontend 1.49 (getSelectedModelsMetadata): a node's properties.models entries whose name is one of its widget
+    values give the dialog the url and the model folder."""
+    seen = set()
+    for api_file in API_FILES:
+        for node in json.loads((ROOT / "workflows" / api_file.name).read_text())["nodes"]:
+            if node["type"] != "CheckpointLoaderSimple":
+                continue
+            [entry] = node["properties"]["models"]
+            assert entry["name"] == node["widgets_values"][0] and entry["directory"] == "checkpoints"
+            assert entry["url"].startswith("https://huggingface.co/") and entry["url"].endswith("/" + entry["name"])
+            seen.add(entry["name"])
+    assert seen == {"sd-v1-5-inpainting.safetensors", "v1-5-pruned-emaonly.safetensors"}
+
+
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
 def test_ui_workflow_nodes_do_not_overlap_at_the_sizes_the_frontend_draws(api_file):
     ui = json.loads((ROOT / "workflows" / api_file.name).read_text())

@@ -671,6 +671,20 @@ VIRTUAL_NODES = ("Note", "MarkdownNote")  # frontend-only nodes: never sent to t
 STATUS_TEXT_NODES = ("CoCoCoReleaseModels", "CoCoCoSaveCheckpoint", "CoCoCoConvertMotion", "CoCoCoVideoMetrics")
 
 
+# Download entries for the model files core loaders name, as the frontend's missing-model dialog reads them from a
+# node's ``properties.models`` (name = the widget value, url, directory = the ComfyUI model folder; frontend 1.49
+# enriches a missing combo value with the entry of the same name). The pack's own loaders name the file, the folder
+# and where to get it in their validation message instead (comfy_adapter.missing_model_message).
+MODEL_DOWNLOADS = {
+    ("CheckpointLoaderSimple", "sd-v1-5-inpainting.safetensors"): {
+        "name": "sd-v1-5-inpainting.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/webui/stable-diffusion-inpainting/resolve/main/sd-v1-5-inpainting.safetensors"},
+    ("CheckpointLoaderSimple", "v1-5-pruned-emaonly.safetensors"): {
+        "name": "v1-5-pruned-emaonly.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors"},
+}
+
+
 def overlapping_nodes(workflow: dict) -> list[tuple[int, int]]:
     """Pairs of node ids whose estimated boxes (title bar included) intersect."""
     boxes = [(node["id"], node["pos"][0], node["pos"][1] - layout.TITLE_HEIGHT, node["size"][0],
@@ -716,6 +730,9 @@ def api_to_ui(prompt: dict, classes: dict, note: str | None = None) -> dict:
               "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values}
         if title:
             ui["title"] = title
+        downloads = [MODEL_DOWNLOADS[(node["class_type"], v)] for v in values if (node["class_type"], v) in MODEL_DOWNLOADS]
+        if downloads:
+            ui["properties"]["models"] = downloads
         ui_nodes[node_id] = ui
         nodes.append(ui)
     columns = [[ui_nodes[n] for n in order if depths[n] == depth] for depth in sorted(set(depths.values()))]
