@@ -138,9 +138,20 @@ def test_core_loaders_carry_download_entries_the_missing_model_dialog_reads():
 
 
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
-def test_ui_workflow_nodes_do_not_overlap_at_the_sizes_the_frontend_draws(api_file):
+def test_ui_workflow_nodes_do_not_overlap_and_open_readable_at_the_estimated_sizes(api_file):
+    """The fast stand-in of tests/test_comfyui_frontend.py (which reads the sizes the real frontend draws)."""
     ui = json.loads((ROOT / "workflows" / api_file.name).read_text())
     assert not wx.overlapping_nodes(ui)
+    view = ui["extra"]["ds"]
+    # the frontend draws no text below 8 px: its 14 px node font needs a zoom of at least 8/14
+    assert view["scale"] >= wx.layout.MIN_SCALE > 8 / 14, "the graph is too large to open readably; split the workflow"
+    from comfyui_frontend import SIDE_BAR, TOP_BAR, VIEWPORT
+
+    for node in ui["nodes"]:
+        left, top = ((node["pos"][i] + view["offset"][i]) * view["scale"] for i in (0, 1))
+        top -= wx.layout.TITLE_HEIGHT * view["scale"]
+        right, bottom = left + node["size"][0] * view["scale"], top + (node["size"][1] + wx.layout.TITLE_HEIGHT) * view["scale"]
+        assert left >= SIDE_BAR and top >= TOP_BAR and right <= VIEWPORT[0] and bottom <= VIEWPORT[1], node["id"]
 
 
 def test_every_pack_node_appears_in_a_workflow():

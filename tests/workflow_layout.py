@@ -71,34 +71,33 @@ def note_node(node_id: int, text: str, order: int) -> dict:
             "widgets_values": [text], **NOTE_COLORS}
 
 
+def _wrap(items: list, extent, limit: float) -> list[list]:
+    """``items`` in order, cut into groups whose extents (plus a GAP between neighbours) stay within ``limit``."""
+    groups, current, used = [], [], 0.0
+    for item in items:
+        size = extent(item)
+        if current and used + size > limit:
+            groups.append(current)
+            current, used = [], 0.0
+        current.append(item)
+        used += size + GAP
+    groups.append(current)
+    return groups
+
+
+def _stack_width(stack: list[dict]) -> float:
+    return max(node["size"][0] for node in stack)
+
+
 def _stacks(columns: list[list[dict]], column_max: float) -> list[list[dict]]:
     """Each depth's nodes stacked top to bottom, split into further stacks beyond ``column_max``."""
-    stacks = []
-    for column in columns:
-        current, height = [], 0.0
-        for node in column:
-            tall = node["size"][1] + TITLE_HEIGHT
-            if current and height + tall > column_max:
-                stacks.append(current)
-                current, height = [], 0.0
-            current.append(node)
-            height += tall + GAP
-        stacks.append(current)
-    return stacks
+    return [stack for column in columns for stack in _wrap(column, lambda node: node["size"][1] + TITLE_HEIGHT, column_max)]
 
 
 def _arrange(stacks: list[list[dict]], row_max: float) -> tuple[dict, float, float, int]:
     """Positions {id: [x, y]} for ``stacks`` wrapped into rows no wider than ``row_max``; with the bounding
     width, height and the number of rows."""
-    rows, current, width = [], [], 0.0
-    for stack in stacks:
-        stack_width = max(node["size"][0] for node in stack)
-        if current and width + stack_width > row_max:
-            rows.append(current)
-            current, width = [], 0.0
-        current.append(stack)
-        width += stack_width + GAP
-    rows.append(current)
+    rows = _wrap(stacks, _stack_width, row_max)
     positions, y, total_width = {}, 0.0, 0.0
     for row in rows:
         x, row_height = 0.0, 0.0
@@ -108,7 +107,7 @@ def _arrange(stacks: list[list[dict]], row_max: float) -> tuple[dict, float, flo
                 positions[node["id"]] = [x, stack_y + TITLE_HEIGHT]
                 stack_y += node["size"][1] + TITLE_HEIGHT + GAP
             row_height = max(row_height, stack_y - y - GAP)
-            x += max(node["size"][0] for node in stack) + GAP
+            x += _stack_width(stack) + GAP
         total_width = max(total_width, x - GAP)
         y += row_height + GAP + TITLE_HEIGHT
     return positions, total_width, y - GAP - TITLE_HEIGHT, len(rows)
