@@ -42,6 +42,10 @@ DRAWN_SIZES = {
     "CoCoCoLGVIRemove": (340, 540),
     "CoCoCoLGVIChat": (340, 614),
 }
+# samplers show a latent preview under their widgets while they run (when ComfyUI's preview method is not "none"):
+# room for it on top of the widgets, so the prompt boxes keep their height
+LATENT_PREVIEW_NODES = ("CoCoCoSampler", "CoCoCoLGVIRemove", "CoCoCoLGVIChat", "KSampler")
+LATENT_PREVIEW_HEIGHT = 160
 # nodes whose status text the pack's web extension (web/cococo_status_text.js) adds after a run
 STATUS_TEXT_HEIGHT = 110
 NOTE_WIDTH, NOTE_CHARS_PER_LINE, NOTE_LINE = 420, 52, 16
@@ -59,6 +63,7 @@ def node_size(node_type: str, title: str, rows: int, multiline: int, texts: list
     ``(label, value)`` pairs its widgets draw."""
     width = max([NODE_WIDTH, TITLE_CHAR * len(title) + TITLE_PADDING] + [text_width(*t) for t in texts])
     height = 46 + ROW_HEIGHT * rows + MULTILINE_HEIGHT * multiline + (STATUS_TEXT_HEIGHT if status_text else 0)
+    height += LATENT_PREVIEW_HEIGHT if node_type in LATENT_PREVIEW_NODES else 0
     drawn_width, drawn_height = DRAWN_SIZES.get(node_type, (0, 0))
     return [math.ceil(max(width, drawn_width)), math.ceil(max(height, drawn_height))]
 
