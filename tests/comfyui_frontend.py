@@ -63,7 +63,8 @@ MEASURE_JS = """(() => {
                        .map(([text]) => text);
     const widgets = (node.widgets || []).filter((w) => labelled.has(w.type) && !w.hidden && !w.options?.hidden)
       .map((w) => { const label = w.label || w.name; return {name: w.name, label, shown: texts.includes(label)}; });
-    return {id: node.id, type: node.type, title: node.title, bounds: b, screen, widgets, texts};
+    const status = node.widgets?.find((w) => w.name === "cococo_status")?.value ?? null;
+    return {id: node.id, type: node.type, title: node.title, bounds: b, screen, widgets, texts, status};
   });
   const rect = element.getBoundingClientRect();
   return JSON.stringify({scale: ds.scale, offset: Array.from(ds.offset), canvas: [rect.width, rect.height], nodes});
@@ -265,7 +266,7 @@ class Frontend:
 
 def check_all(server, workflows: dict[str, dict], out: Path, runs: dict[str, dict] | None = None) -> dict:
     """Load each workflow, measure and screenshot it (and again after a run for those in ``runs``: name ->
-    widget values to set first). Returns {name (or "name after a run"): list of problems}."""
+    widget values to set first). Returns {name (or "name after a run"): {"problems": [...], "view": measurement}}."""
     out.mkdir(parents=True, exist_ok=True)
     found = {}
     with tempfile.TemporaryDirectory(prefix="comfyui-frontend-") as scratch, Frontend(server, Path(scratch)) as page:
@@ -274,15 +275,15 @@ def check_all(server, workflows: dict[str, dict], out: Path, runs: dict[str, dic
             page.load(workflow)
             view = page.measure()
             page.screenshot(out / f"{name}.png")
-            found[name] = problems(view)
+            found[name] = {"problems": problems(view), "view": view}
             if runs and name in runs:
                 prompt_id = page.queue(runs[name])
                 status = server.history(prompt_id)["status"]
                 page.settle()
                 view = page.measure()
                 page.screenshot(out / f"{name}_after_run.png")
-                found[f"{name} after a run"] = problems(view) + (
-                    [] if status["status_str"] == "success" else [f"the run failed: {status['messages'][-1]}"])
+                failed = [] if status["status_str"] == "success" else [f"the run failed: {status['messages'][-1]}"]
+                found[f"{name} after a run"] = {"problems": problems(view) + failed, "view": view}
             print(f"{name}: checked in {time.monotonic() - start:.1f} s", flush=True)
     return found
 
@@ -302,9 +303,9 @@ def main(out: Path) -> int:
             found = check_all(server, workflows, out)
         finally:
             server.stop()
-    for name, listed in found.items():
-        print(f"{name}: {'; '.join(listed) or 'ok'}")
-    return 1 if any(found.values()) else 0
+    for name, result in found.items():
+        print(f"{name}: {'; '.join(result['problems']) or 'ok'}")
+    return 1 if any(result["problems"] for result in found.values()) else 0
 
 
 if __name__ == "__main__":

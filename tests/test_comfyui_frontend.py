@@ -57,15 +57,30 @@ def found(comfyui, tmp_path_factory):
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_reads_well_when_opened(found, name):
-    assert not found[name], "\n".join(found[name])
+    listed = found[name]["problems"]
+    assert not listed, "\n".join(listed)
 
 
 @pytest.mark.parametrize("name", RUNS)
 def test_workflow_reads_well_after_a_run(found, name):
-    assert not found[f"{name} after a run"], "\n".join(found[f"{name} after a run"])
+    listed = found[f"{name} after a run"]["problems"]
+    assert not listed, "\n".join(listed)
+
+
+def _status(found, name: str, node_type: str) -> str:
+    return next(node["status"] for node in found[name]["view"]["nodes"] if node["type"] == node_type)
+
+
+def test_results_show_on_the_nodes_after_a_run(found):
+    """web/cococo_status_text.js: the metrics table and the saved file's folder, in the node's text box."""
+    assert _status(found, "cococo_inpaint_drawn_mask", "CoCoCoVideoMetrics") == ""  # an empty box before a run
+    table = _status(found, "cococo_inpaint_drawn_mask after a run", "CoCoCoVideoMetrics")
+    assert "PSNR" in table and "SSIM" in table, table
+    saved = _status(found, "cococo_dreambooth_checkpoint after a run", "CoCoCoSaveCheckpoint")
+    assert saved.startswith("Saved checkpoints/cococo_dreambooth_inpainting_") and "in the output folder (" in saved
 
 
 def test_a_planted_overlap_and_a_hidden_label_fail_the_check(found):
-    listed = found[PLANTED]
+    listed = found[PLANTED]["problems"]
     assert any("'CoCoCo Video Inpaint'" in p and "overlaps" in p and "Model" in p for p in listed), listed
     assert any("the label 'base_model' is not drawn in full" in p for p in listed), listed
