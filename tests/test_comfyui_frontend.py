@@ -33,6 +33,16 @@ FAST = {"CoCoCoSampler": {"steps": 1}, "CoCoCoLGVIRemove": {"steps": 1},
 # the native workflows need full-size CLIP/VAE checkpoints (tests/test_comfyui_native_server.py): opened only
 RUNS = {name: FAST for name in WORKFLOWS if not name.startswith("cococo_native_")}
 PLANTED = "planted: overlap and a long value"
+RELEASE = "release models"
+# CoCoCo Release Models on its own (no shipped workflow has it): its status text box and label after a run
+RELEASE_WORKFLOW = {
+    "last_node_id": 1, "last_link_id": 0, "links": [], "groups": [], "config": {}, "version": 0.4,
+    "extra": {"ds": {"scale": 1.0, "offset": [100, 100]}},
+    "nodes": [{"id": 1, "type": "CoCoCoReleaseModels", "pos": [200, 100], "size": [340, 200], "flags": {}, "order": 0,
+               "mode": 0, "inputs": [{"name": "after", "type": "*", "link": None}], "outputs": [],
+               "properties": {}, "widgets_values": []}],
+}
+RUNS[RELEASE] = {}
 
 
 def planted_workflow() -> dict:
@@ -52,7 +62,7 @@ def found(comfyui, tmp_path_factory):
     test_comfyui_workflows.install_tiny_models(comfyui.base)
     artifacts = os.environ.get("COCOCO_ARTIFACTS")
     out = (frontend.Path(artifacts) if artifacts else tmp_path_factory.mktemp("shots")) / "frontend"
-    return frontend.check_all(comfyui, {**WORKFLOWS, PLANTED: planted_workflow()}, out, RUNS)
+    return frontend.check_all(comfyui, {**WORKFLOWS, RELEASE: RELEASE_WORKFLOW, PLANTED: planted_workflow()}, out, RUNS)
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -76,6 +86,8 @@ def test_results_show_on_the_nodes_after_a_run(found):
     assert _status(found, "cococo_inpaint_drawn_mask", "CoCoCoVideoMetrics") == ""  # an empty box before a run
     table = _status(found, "cococo_inpaint_drawn_mask after a run", "CoCoCoVideoMetrics")
     assert "PSNR" in table and "SSIM" in table, table
+    assert _status(found, f"{RELEASE} after a run", "CoCoCoReleaseModels").startswith("Released ")
+    assert not found[f"{RELEASE} after a run"]["problems"]
     saved = _status(found, "cococo_dreambooth_checkpoint after a run", "CoCoCoSaveCheckpoint")
     assert saved.startswith("Saved checkpoints/cococo_dreambooth_inpainting_") and "in the output folder (" in saved
 
