@@ -32,8 +32,8 @@ FAST = {"CoCoCoSampler": {"steps": 1}, "CoCoCoLGVIRemove": {"steps": 1},
         "CoCoCoMaskFromText": {"box_threshold": 0.0, "detection_size": 256}}
 # the native workflows need full-size CLIP/VAE checkpoints (tests/test_comfyui_native_server.py): opened only
 RUNS = {name: FAST for name in WORKFLOWS if not name.startswith("cococo_native_")}
-PLANTED = "planted: overlap and a long value"
-RELEASE = "release models"
+PLANTED = "planted_overlap_and_long_value"
+RELEASE = "release_models"
 # CoCoCo Release Models on its own (no shipped workflow has it): its status text box and label after a run
 RELEASE_WORKFLOW = {
     "last_node_id": 1, "last_link_id": 0, "links": [], "groups": [], "config": {}, "version": 0.4,
