@@ -9,7 +9,8 @@ and is looked up at call time, so the nodes also run (and are tested) without Co
 - file names coming from a workflow resolve only inside those folders;
 - device / dtype / offload / cache emptying: ``comfy.model_management``, otherwise the best local
   accelerator (fp16 on CUDA) and CPU fp32;
-- progress: ``comfy.utils.ProgressBar`` (whose hook is also ComfyUI's cancel point), otherwise tqdm;
+- progress: ``comfy.utils.ProgressBar`` (whose hook is also ComfyUI's cancel point), otherwise tqdm; latent
+  previews only where ComfyUI's preview setting asks for them (:func:`latent_previews_enabled`);
 - interruption: ``throw_exception_if_processing_interrupted`` (raises ComfyUI's own exception),
   otherwise a flag set by :func:`request_cancel`;
 - a small cache of loaded models, emptied on request and when ComfyUI unloads all models.
@@ -302,6 +303,16 @@ def output_path(prefix: str, suffix: str) -> Path:
     return folder / f"{relative.name}_{counter:05}_{suffix}"
 
 
+def output_description(path: Path) -> str:
+    """Where a written file is, as a status text says it: its name inside the output folder, and that folder."""
+    root = output_directory()
+    try:
+        relative = Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+    return f"{relative} in the output folder ({root.resolve()})"
+
+
 # --- devices and memory --------------------------------------------------------------------------
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -361,6 +372,16 @@ def soft_empty_cache() -> None:
 
 # --- progress and interruption -----------------------------------------------------------------
 
+def latent_previews_enabled() -> bool:
+    """Whether ComfyUI's preview setting asks for latent previews, decided as ComfyUI's own
+    ``latent_preview.get_previewer`` does: none when ``comfy.cli_args.args.preview_method`` is "none"
+    (``--preview-method``, default "none", which ComfyUI replaces for each run by the method the frontend sends
+    in ``extra_data.preview_method``). Outside ComfyUI nothing shows previews."""
+    cli_args = _optional_module("comfy.cli_args")
+    method = getattr(getattr(cli_args, "args", None), "preview_method", None)
+    return method is not None and getattr(method, "value", method) != "none"
+
+
 class Progress:
     """``callback(step, total, latents)`` for cococo_core jobs, drawn as ComfyUI's node progress bar."""
 
@@ -376,7 +397,9 @@ class Progress:
         if utils is not None:
             if self._bar is None:
                 self._bar = utils.ProgressBar(total)
-            picture = self.preview(value) if self.preview is not None and value is not None else None
+            picture = None
+            if self.preview is not None and value is not None and latent_previews_enabled():
+                picture = self.preview(value)
             self._bar.update_absolute(step, total, picture)
             return
         if self._bar is None:

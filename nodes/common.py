@@ -77,6 +77,30 @@ def mask_in(mask: torch.Tensor) -> torch.Tensor:
     return validation.mask(mask, "mask")
 
 
+RESIZE_MASK_TOOLTIP = ("Stretch the mask to the video's frame size when they differ (a mask painted on a smaller or "
+                       "larger copy of a frame). Off: a mask of another size is refused.")
+
+
+def resize_mask_input() -> tuple:
+    return ("BOOLEAN", {"default": False, "label_on": "to the video", "label_off": "off", "tooltip": RESIZE_MASK_TOOLTIP})
+
+
+def mask_for_video(mask: torch.Tensor, images: torch.Tensor, resize: bool) -> torch.Tensor:
+    """:func:`mask_in` at the frames' size: stretched when ``resize`` is on; otherwise a mask of another size is
+    refused, saying first what to do."""
+    from cococo_core.pipeline.frames import resize_mask
+
+    checked = mask_in(mask)
+    height, width = int(images.shape[1]), int(images.shape[2])
+    if tuple(checked.shape[1:]) == (height, width):
+        return checked
+    if not resize:
+        raise ValueError(f"The mask is {checked.shape[2]}x{checked.shape[1]} but the video frames are {width}x{height}: "
+                         "turn on resize_mask on this node to stretch the mask to the video (or paint the mask on a "
+                         "frame of this video).")
+    return resize_mask(checked, height, width)
+
+
 def frames_out(frames: torch.Tensor) -> torch.Tensor:
     """Frames from the library -> IMAGE on ComfyUI's intermediate device."""
     return frames.to(comfy.intermediate_device(), torch.float32).clamp(0, 1).contiguous()

@@ -18,30 +18,74 @@ def _json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def inpainting_base(path: Path) -> bool:
-    """An SD-1.x inpainting base (9-channel U-Net): single file (header read only) or diffusers folder."""
-    path = Path(path)
-    if path.is_file() and path.suffix.lower() not in HEADER_ONLY_SUFFIXES:
-        return True  # reading a pickle means loading it: the loader checks it
-    probe = path / "unet" / "config.json" if path.is_dir() else path
+def _identity(path: Path, probe: Path) -> tuple | None:
     try:
         stat = probe.stat()
     except OSError:
-        stat = None
-    return _inpainting_base(str(path), stat and (stat.st_size, stat.st_mtime_ns))
+        return None
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+def _header_readable(path: Path) -> bool:
+    """A folder or a safetensors file: its kind can be read without loading weights (a pickle cannot)."""
+    return not path.is_file() or path.suffix.lower() in HEADER_ONLY_SUFFIXES
+
+
+def inpainting_base(path: Path) -> bool:
+    """An SD-1.x inpainting base (9-channel U-Net): single file (header read only) or diffusers folder."""
+    path = Path(path)
+    if not _header_readable(path):
+        return True  # reading a pickle means loading it: the loader checks it
+    info = _checkpoint_info(str(path), _identity(path, path / "unet" / "config.json" if path.is_dir() else path))
+    return info is None or (info.family in ("sd1", "unknown") and info.unet_in_channels in (9, None))
+
+
+def sd1_model(path: Path) -> bool:
+    """Not an SD-2.x / SDXL checkpoint (any U-Net width): the personalization sources."""
+    path = Path(path)
+    if not _header_readable(path):
+        return True
+    info = _checkpoint_info(str(path), _identity(path, path / "unet" / "config.json" if path.is_dir() else path))
+    return info is None or info.family in ("sd1", "unknown")
 
 
 @functools.lru_cache(maxsize=1024)
-def _inpainting_base(path: str, identity) -> bool:
-    """Cached per file identity (size, mtime): the combo lists are rebuilt on every /object_info request."""
+def _checkpoint_info(path: str, identity):
+    """Cached per file identity (size, mtime): the combo lists are rebuilt on every /object_info request. None
+    for an unreadable file: listed, so that loading it explains what is wrong."""
     from cococo_core.checkpoints.detect import detect_checkpoint, detect_folder
     from cococo_core.checkpoints.safe_load import CheckpointError
 
     try:
-        info = detect_folder(path) if Path(path).is_dir() else detect_checkpoint(path)
+        return detect_folder(path) if Path(path).is_dir() else detect_checkpoint(path)
     except (CheckpointError, OSError, ValueError):
-        return True  # unreadable: listed, so that loading it explains what is wrong
-    return info.family in ("sd1", "unknown") and info.unet_in_channels in (9, None)
+        return None
+
+
+def lora_problem(path: Path) -> str | None:
+    """The family of a LoRA file that is not for SD-1.x ("SDXL (...)", "SD2.x (...)"), read from the safetensors
+    header (cococo_core.personalize.family.lora_family); None for SD-1.x LoRAs and pickles (not opened)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in HEADER_ONLY_SUFFIXES:
+        return None
+    return _lora_problem(str(path), _identity(path, path))
+
+
+@functools.lru_cache(maxsize=1024)
+def _lora_problem(path: str, identity) -> str | None:
+    from cococo_core.checkpoints.safe_load import CheckpointError, open_state
+    from cococo_core.personalize.family import lora_family
+
+    try:
+        with open_state(path) as state:
+            return lora_family(state.shapes())
+    except (CheckpointError, OSError, ValueError):
+        return None
+
+
+def sd1_lora(path: Path) -> bool:
+    """A LoRA a SD-1.5 combo may offer (not SDXL / SD-2.x)."""
+    return lora_problem(path) is None
 
 
 def diffusion_folder(path: Path) -> bool:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from . import comfy_adapter as comfy
 from . import model_filters
-from .common import (CATEGORY, COCOCO_PIPE, check_model, files_changed, frames_in, frames_out, mask_in, model_input,
-                     on_execution_device, progress, seed_input, text_input)
+from .common import (CATEGORY, COCOCO_PIPE, check_model, files_changed, frames_in, frames_out, mask_for_video,
+                     model_input, on_execution_device, progress, resize_mask_input, seed_input, text_input)
 
 BASE_KEYS = ("checkpoints", "diffusers")
 
@@ -118,7 +118,7 @@ class CoCoCoSampler:
                 "cococo_pipe": (COCOCO_PIPE, {"tooltip": "The model from CoCoCo Model Loader (or CoCoCo Personalize)."}),
                 "images": ("IMAGE", {"tooltip": "The video frames to inpaint, one IMAGE per frame."}),
                 "mask": ("MASK", {"tooltip": "Where to inpaint (1 = fill): one mask per frame, or a single mask "
-                         "used for every frame. Same size as the frames."}),
+                         "used for every frame. Same size as the frames (or turn on resize_mask)."}),
                 "prompt": text_input("What should appear in the masked region."),
                 "negative_prompt": text_input("What should not appear (the unconditional side of guidance)."),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "DDIM denoising steps (CoCoCo: 50)."}),
@@ -148,6 +148,7 @@ class CoCoCoSampler:
                 "long_prompt": (["truncate", "chunks"], {"default": "truncate", "tooltip": "Prompts over 77 tokens: "
                                 "truncate (as the official code; the dropped words are logged) or chunks (75-token "
                                 "chunks encoded separately and concatenated, as ComfyUI and A1111 do)."}),
+                "resize_mask": resize_mask_input(),
             },
         }
 
@@ -162,10 +163,10 @@ class CoCoCoSampler:
 
     def sample(self, cococo_pipe, images, mask, prompt, negative_prompt, steps, cfg, seed, context_length,
                context_overlap, mask_dilate, paste_back, paste_dilate, paste_feather, width, height,
-               long_prompt="truncate"):
+               long_prompt="truncate", resize_mask=False):
         with on_execution_device(cococo_pipe.pipeline) as pipe:
             frames = pipe(
-                frames_in(images), mask_in(mask), prompt, negative_prompt, num_inference_steps=steps,
+                frames_in(images), mask_for_video(mask, images, resize_mask), prompt, negative_prompt, num_inference_steps=steps,
                 guidance_scale=cfg, seed=seed, width=width or None, height=height or None,
                 context_length=context_length or None, context_overlap=None if context_overlap < 0 else context_overlap,
                 mask_dilate=mask_dilate, paste_back=paste_back, paste_dilate=paste_dilate,

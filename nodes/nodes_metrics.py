@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from . import comfy_adapter as comfy
-from .common import CATEGORY, frames_in, mask_in, modules_on_device, text_input
+from .common import CATEGORY, frames_in, mask_for_video, modules_on_device, resize_mask_input, text_input
 
 NONE = "none"
 OUTPUTS = ("cs", "bp", "tc", "psnr", "ssim", "ewarp")
@@ -50,6 +50,7 @@ class CoCoCoVideoMetrics:
                                 "implementations differ: paper = the published evaluation code (E*_warp: a frame "
                                 "pair whose pixels are all occluded adds 0, as Lai et al.'s script); pack = the "
                                 "pack's own (such a pair is averaged over all pixels). See docs/metrics.md."}),
+                "resize_mask": resize_mask_input(),
             },
         }
 
@@ -82,15 +83,15 @@ class CoCoCoVideoMetrics:
         return True
 
     def measure(self, original, result, mask, prompt, clip_model, clip_score_region, flow, reference=None,
-                conventions="pack"):
+                conventions="pack", resize_mask=False):
         from cococo_core.metrics import MetricSuite, conventions_preset, format_table, load_flow
 
         original, result = frames_in(original), frames_in(result)
         if original.shape != result.shape:
             raise ValueError(f"original {tuple(original.shape[:3])} and result {tuple(result.shape[:3])} differ in "
                              "frames or size (frames, height, width); compare videos of the same shape")
-        mask = mask_in(mask)
-        if mask.shape[1:] != original.shape[1:3] or mask.shape[0] not in (1, original.shape[0]):
+        mask = mask_for_video(mask, original, resize_mask)
+        if mask.shape[0] not in (1, original.shape[0]):
             raise ValueError(f"the mask {tuple(mask.shape)} does not fit {original.shape[0]} frames of "
                              f"{original.shape[2]}x{original.shape[1]}; give one mask per frame or one for all")
         notes = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import comfy_adapter as comfy
-from .common import CATEGORY, check_model, files_changed, mask_in, model_input
+from .common import CATEGORY, check_model, files_changed, mask_for_video, model_input, resize_mask_input
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +85,11 @@ class CoCoCoVideoInpaintConditioning:
                 "vae": ("VAE", {"tooltip": "The SD-1.5 VAE (from the same Load Checkpoint)."}),
                 "images": ("IMAGE", {"tooltip": "The video frames, one IMAGE per frame, in order."}),
                 "mask": ("MASK", {"tooltip": "Where to inpaint (1 = fill): one mask per frame or one for all frames, "
-                         "same size as the frames."}),
-            }
+                         "same size as the frames (or turn on resize_mask)."}),
+            },
+            "optional": {
+                "resize_mask": resize_mask_input(),
+            },
         }
 
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
@@ -100,8 +103,9 @@ class CoCoCoVideoInpaintConditioning:
                    "mask downsampled by nearest, as the inpainting model's concat input; frames stay in order "
                    "along the batch, which the motion modules read as time.")
 
-    def encode(self, positive, negative, vae, images, mask):
-        return _native().video_inpaint_conditioning(positive, negative, vae, images, mask_in(mask).to(images.device))
+    def encode(self, positive, negative, vae, images, mask, resize_mask=False):
+        return _native().video_inpaint_conditioning(positive, negative, vae, images,
+                                                    mask_for_video(mask, images, resize_mask).to(images.device))
 
 
 class CoCoCoTaskVector:

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from . import comfy_adapter as comfy
+from . import model_filters
 from .common import CATEGORY, COCOCO_LORAS, COCOCO_PIPE, check_model
 from .nodes_cococo import BASE_KEYS, split_base_name
 
@@ -17,7 +18,8 @@ NONE = "(none)"
 
 
 def optional_model_names(keys=BASE_KEYS) -> list[str]:
-    return [NONE] + [f"{key}/{name}" for key in keys for name in comfy.list_models(key)]
+    """"(none)" and the SD-1.x models of ``keys`` (SD-2.x / SDXL files are not listed)."""
+    return [NONE] + [f"{key}/{name}" for key in keys for name in comfy.list_models(key, model_filters.sd1_model)]
 
 
 def resolve_optional(name: str) -> Path | None:
@@ -50,8 +52,9 @@ class CoCoCoLoRA:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "lora_name": (comfy.list_models("loras"), {"tooltip": "An SD-1.5 LoRA (kohya, LyCORIS, diffusers or "
-                              "PEFT keys; SDXL and SD-2 LoRAs are refused). Looked up in models/loras/."}),
+                "lora_name": (comfy.list_models("loras", model_filters.sd1_lora), {"tooltip": "An SD-1.5 LoRA (kohya, "
+                              "LyCORIS, diffusers or PEFT keys; SDXL and SD-2 LoRAs are not listed). Looked up in "
+                              "models/loras/."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip": "Scale of "
                              "this LoRA's weight delta inside τ_p."}),
             },
@@ -70,7 +73,14 @@ class CoCoCoLoRA:
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora_name):
-        return check_model("loras", lora_name)
+        found = check_model("loras", lora_name)
+        if found is not True:
+            return found
+        family = model_filters.lora_problem(comfy.resolve_model("loras", lora_name))
+        if family is not None:
+            return (f"'{lora_name}' is not an SD-1.5 LoRA: pick an SD-1.5 LoRA (CoCoCo is SD-1.5 based; SDXL and SD-2 "
+                    f"LoRAs do not fit it). Detected {family}.")
+        return True
 
     def add(self, lora_name, strength, loras=()):
         return (tuple(loras) + ((comfy.resolve_model("loras", lora_name), float(strength)),),)
@@ -172,7 +182,8 @@ class CoCoCoSaveCheckpoint:
         path = comfy.output_path(filename_prefix, ".safetensors")
         report = save_merged(cococo_pipe.recipe, path, callback=comfy.Progress("save"), cancel=comfy.interrupt_check())
         logger.info("saved the personalized checkpoint %s\n%s", path, report.summary())
-        return {"ui": {"text": [f"saved {path.name}"]}, "result": ()}
+        return {"ui": {"text": [f"Saved {comfy.output_description(path)}. Move it to models/checkpoints/ to load it "
+                                "as a CoCoCo base model."]}, "result": ()}
 
 
 NODE_CLASS_MAPPINGS = {"CoCoCoLoRA": CoCoCoLoRA, "CoCoCoPersonalize": CoCoCoPersonalize,

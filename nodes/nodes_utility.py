@@ -33,7 +33,7 @@ class CoCoCoReleaseModels:
 
     def release(self, after=None):
         count = comfy.MODEL_CACHE.release()
-        return {"ui": {"text": [f"released {count} model(s)"]}, "result": ()}
+        return {"ui": {"text": [f"Released {count} loaded CoCoCo model(s)."]}, "result": ()}
 
 
 class CoCoCoConvertMotion:
@@ -78,7 +78,8 @@ class CoCoCoConvertMotion:
         cast = {"keep": None, "fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         path = save_motion_safetensors(state, comfy.output_path(filename_prefix, ".safetensors"), dtype=cast)
         logger.info("wrote %s (%d tensors)", path, len(state))
-        return {"ui": {"text": [f"wrote {path.name} ({len(state)} tensors)"]}, "result": ()}
+        return {"ui": {"text": [f"Wrote {comfy.output_description(path)} ({len(state)} tensors). Move it to "
+                                "models/cococo/ to use it."]}, "result": ()}
 
 
 NODE_CLASS_MAPPINGS = {"CoCoCoReleaseModels": CoCoCoReleaseModels, "CoCoCoConvertMotion": CoCoCoConvertMotion}

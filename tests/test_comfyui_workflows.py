@@ -110,6 +110,8 @@ def test_cancel_stops_within_a_step_and_the_next_run_succeeds(server):
     entry = server.wait(prompt_id)
     assert entry["status"]["status_str"] == "error"
     assert server.messages(prompt_id, "execution_interrupted")
+    # ComfyUI's jobs API (what the frontend's queue shows): "cancelled", as for its own samplers, not "failed"
+    assert server.get(f"/api/jobs/{prompt_id}")["status"] == "cancelled"
     done = [m["data"]["value"] for m in server.messages(prompt_id, "progress") if m["data"]["node"] == "5"]
     # the step running when Cancel arrived may finish (and messages already on their way arrive): no more
     assert max(done) <= seen + 3, f"sampling went on after Cancel at step {seen}: {done}"

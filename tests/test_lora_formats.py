@@ -239,6 +239,16 @@ def test_sdxl_and_sd2_loras_are_refused_by_name(models):
             delta_of(models, state, Q)
 
 
+def test_an_sdxl_lora_is_named_before_any_of_its_modules_misfits(models):
+    """SDXL blocks are wider than SD-1.5's at the same names: the family, not a shape error, must come first."""
+    misfit = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"  # 320 wide in SD-1.5
+    cross = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    state = {f"{misfit}.lora_up.weight": rand(640, 4), f"{misfit}.lora_down.weight": rand(4, 640),
+             f"{cross}.lora_up.weight": rand(640, 4), f"{cross}.lora_down.weight": rand(4, 2048)}
+    with pytest.raises(ValueError, match=r"is not an SD-1.5 LoRA: pick an SD-1.5 one .* Detected SDXL \(2048-wide"):
+        delta_of(models, state, Q)
+
+
 def test_unused_keys_are_reported_with_reasons(models):
     state, _, _ = kohya_linear()
     state.update({

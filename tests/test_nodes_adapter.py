@@ -15,7 +15,7 @@ from cococo_core.hooks import Cancelled, check_cancelled
 
 @pytest.fixture
 def plain_models(tmp_path, monkeypatch):
-    for name in ("folder_paths", "comfy", "comfy.model_management", "comfy.utils"):
+    for name in ("folder_paths", "comfy", "comfy.model_management", "comfy.utils", "comfy.cli_args"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     adapter.set_models_dir(tmp_path / "models")
     yield tmp_path / "models"
@@ -145,6 +145,16 @@ def test_comfyui_progress_and_interrupt(tmp_path):
                 progress(step, 4, None)
         assert state["bars"][0].updates == [1, 2]
         assert state["bars"][0].total == 4
+
+
+@pytest.mark.parametrize("method, shown", [("none", False), ("latent2rgb", True), ("auto", True)])
+def test_latent_previews_follow_comfyuis_preview_setting(tmp_path, method, shown):
+    """ComfyUI's latent_preview.get_previewer draws no preview when args.preview_method is "none" (its default)."""
+    latents = torch.zeros(1, 4, 3, 8, 8)
+    with fake_comfyui(tmp_path, preview_method=method) as state:
+        assert adapter.latent_previews_enabled() is shown
+        adapter.Progress(preview=lambda value: ("JPEG", value.shape, 512))(1, 2, latents)
+        assert state["bars"][0].previews == [("JPEG", latents.shape, 512) if shown else None]
 
 
 def test_comfyui_tokenizer_dir(tmp_path):

@@ -82,7 +82,7 @@ def test_release_node_empties_the_cache():
     MODEL_CACHE.release()
     MODEL_CACHE.get_or_load("test", "a", object)
     node = nodes.NODE_CLASS_MAPPINGS["CoCoCoReleaseModels"]
-    assert node().release() == {"ui": {"text": ["released 1 model(s)"]}, "result": ()}
+    assert node().release() == {"ui": {"text": ["Released 1 loaded CoCoCo model(s)."]}, "result": ()}
     assert len(MODEL_CACHE) == 0
     assert node.IS_CHANGED() != node.IS_CHANGED()  # NaN: runs on every queue
 

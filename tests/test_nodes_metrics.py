@@ -74,8 +74,13 @@ def test_clip_folder_gives_cs_and_tc_and_a_vision_file_tc_only(comfy):
 def test_shape_mismatches_are_clear_errors(comfy):
     with pytest.raises(ValueError, match="same shape"):
         CoCoCoVideoMetrics().measure(_images(0), _images(0, frames=2), torch.zeros(40, 48), "", "none", "frame", "none")
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="^The mask is 48x20 but the video frames are 48x40: turn on resize_mask"):
         CoCoCoVideoMetrics().measure(_images(0), _images(1), torch.zeros(20, 48), "", "none", "frame", "none")
+    resized = CoCoCoVideoMetrics().measure(_images(0), _images(1), torch.zeros(20, 48), "", "none", "frame", "none",
+                                           resize_mask=True)
+    assert "PSNR" in resized["result"][0]
+    with pytest.raises(ValueError, match="does not fit"):
+        CoCoCoVideoMetrics().measure(_images(0), _images(1), torch.zeros(2, 40, 48), "", "none", "frame", "none")
 
 
 def test_conventions_combo_names_the_presets_and_reaches_the_metrics(comfy, monkeypatch):

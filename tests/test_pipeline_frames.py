@@ -102,3 +102,19 @@ def test_paste_back_keeps_unmasked_pixels_bit_identical(dtype):
     assert torch.equal(out[mask > 0], generated[mask > 0])
     with pytest.raises(ValueError, match="one shape and dtype"):
         paste_back(original, generated.float() if dtype == torch.uint8 else generated.double(), weights)
+
+
+@pytest.mark.parametrize("height, width", [(64, 80), (24, 30), (40, 90)])
+def test_resize_mask_matches_pillows_bilinear_resize(height, width):
+    """Reference: Pillow's BILINEAR resize of a float image (support-scaled when shrinking), which torch's
+    antialiased bilinear interpolation reproduces."""
+    from PIL import Image
+
+    from cococo_core.pipeline.frames import resize_mask
+
+    mask = (np.random.default_rng(0).random((40, 56)) > 0.5).astype(np.float32)
+    expected = np.asarray(Image.fromarray(mask, mode="F").resize((width, height), Image.BILINEAR), np.float64)
+    resized = resize_mask(torch.from_numpy(mask)[None], height, width)
+    assert resized.shape == (1, height, width)
+    np.testing.assert_allclose(resized[0].double().numpy(), expected, atol=1e-4)
+    assert resize_mask(torch.from_numpy(mask)[None], 40, 56).equal(torch.from_numpy(mask)[None])

@@ -225,8 +225,11 @@ def test_missing_motion_tensors_are_listed_and_the_unet_is_left_intact(tmp_path)
     shutil.copytree(tiny_models.motion_folder(), folder)
     (folder / "model_3.pth").unlink()
     unet = fresh_unet()
-    with pytest.raises(MotionWeightsError, match=r"motion tensors are missing: .*motion_modules"):
+    with pytest.raises(MotionWeightsError, match=r"motion tensors are missing: .*motion_modules") as refused:
         video_unet_from_unet2d(unet, folder)
+    first, *details = str(refused.value).splitlines()
+    assert first.startswith("These are not CoCoCo motion weights for this model: pick the official CoCoCo folder")
+    assert "motion_modules" not in first and len(str(refused.value)) < 1200  # what to do first, a few names after
     assert not any("motion_modules" in k for k in unet.state_dict())
     VideoUNet(unet)  # still a plain U-Net that can be wrapped
 

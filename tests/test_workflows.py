@@ -99,16 +99,59 @@ def test_ui_workflow_matches_api_and_node_specs(api_file, tmp_path):
         assert source["outputs"][link[2]]["type"] == link[5]
         assert link[0] in source["outputs"][link[2]]["links"]
     for node in ui["nodes"]:
-        assert node["type"] in CLASSES, f"unknown node type {node['type']}"
+        assert node["type"] in CLASSES or node["type"] in wx.VIRTUAL_NODES, f"unknown node type {node['type']}"
     with wx.fake_comfyui(tmp_path):
         assert wx.ui_to_api(ui, CLASSES) == api
-        assert wx.api_to_ui(api, CLASSES) == ui, "regenerate with: python tests/workflow_executor.py"
+        assert wx.api_to_ui(api, CLASSES, wx.workflow_note(ROOT, api_file.stem)) == ui, \
+            "regenerate with: python tests/workflow_executor.py"
+
+
+MODEL_INPUTS = ("base_model", "motion_model", "ckpt_name", "lora_name", "sd15_base", "personal_model", "model_name",
+                "lgvi_model", "lgvi_i_model", "llava_model", "clip_vision_model", "clip_model")
 
 
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
-def test_ui_workflow_nodes_do_not_overlap_at_the_sizes_the_frontend_draws(api_file):
+def test_readme_names_every_model_a_shipped_workflow_expects(api_file):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### What each shipped workflow expects"):]
+    row = next((line for line in table.splitlines() if line.startswith(f"| `{api_file.stem}` |")), None)
+    assert row is not None, f"the README's table of what each workflow expects has no row for {api_file.stem}"
+    for node in _api(api_file.name).values():
+        for name, value in node["inputs"].items():
+            if name in MODEL_INPUTS and isinstance(value, str) and not value.startswith(("(", "none")):
+                assert f"{value}`" in row, f"{api_file.stem}: the README does not name {value!r} ({name})"
+
+
+def test_core_loaders_carry_download_entries_the_missing_model_dialog_reads():
+    """Frontend 1.49 (getSelectedModelsMetadata): a node's properties.models entries whose name is one of its widget
+    values give the dialog the url and the model folder."""
+    seen = set()
+    for api_file in API_FILES:
+        for node in json.loads((ROOT / "workflows" / api_file.name).read_text())["nodes"]:
+            if node["type"] != "CheckpointLoaderSimple":
+                continue
+            [entry] = node["properties"]["models"]
+            assert entry["name"] == node["widgets_values"][0] and entry["directory"] == "checkpoints"
+            assert entry["url"].startswith("https://huggingface.co/") and entry["url"].endswith("/" + entry["name"])
+            seen.add(entry["name"])
+    assert seen == {"sd-v1-5-inpainting.safetensors", "v1-5-pruned-emaonly.safetensors"}
+
+
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_nodes_do_not_overlap_and_open_readable_at_the_estimated_sizes(api_file):
+    """The fast stand-in of tests/test_comfyui_frontend.py (which reads the sizes the real frontend draws)."""
     ui = json.loads((ROOT / "workflows" / api_file.name).read_text())
     assert not wx.overlapping_nodes(ui)
+    view = ui["extra"]["ds"]
+    # the frontend draws no text below 8 px: its 14 px node font needs a zoom of at least 8/14
+    assert view["scale"] >= wx.layout.MIN_SCALE > 8 / 14, "the graph is too large to open readably; split the workflow"
+    from comfyui_frontend import SIDE_BAR, TOP_BAR, VIEWPORT
+
+    for node in ui["nodes"]:
+        left, top = ((node["pos"][i] + view["offset"][i]) * view["scale"] for i in (0, 1))
+        top -= wx.layout.TITLE_HEIGHT * view["scale"]
+        right, bottom = left + node["size"][0] * view["scale"], top + (node["size"][1] + wx.layout.TITLE_HEIGHT) * view["scale"]
+        assert left >= SIDE_BAR and top >= TOP_BAR and right <= VIEWPORT[0] and bottom <= VIEWPORT[1], node["id"]
 
 
 def test_every_pack_node_appears_in_a_workflow():
@@ -134,6 +177,18 @@ def test_drawn_mask_inpainting_workflow(comfy_env):
     assert bar.updates == [1, 2] and bar.total == 2
     kind, picture, size = bar.previews[-1]  # a latent preview of the middle frame at every step
     assert kind == "JPEG" and picture.size == (SIZE // 8, SIZE // 8)
+
+
+def test_a_mask_of_another_size_is_refused_with_the_remedy_or_resized_on_request(comfy_env):
+    prompt = _fast(_api("cococo_inpaint_drawn_mask.json"))
+    small = np.full((SIZE // 2, SIZE // 2, 4), 255, np.uint8)
+    small[8:20, 10:22, 3] = 0
+    Image.fromarray(small).save(comfy_env["root"] / "input" / "small_mask.png")
+    prompt["3"]["inputs"]["image"] = "small_mask.png"
+    with pytest.raises(ValueError, match=r"^The mask is 32x32 but the video frames are 64x64: turn on resize_mask"):
+        wx.execute(prompt, CLASSES)
+    prompt["5"]["inputs"]["resize_mask"] = prompt["8"]["inputs"]["resize_mask"] = True
+    assert _saved(wx.execute(prompt, CLASSES), "7").shape == (FRAMES, SIZE, SIZE, 3)
 
 
 def test_single_file_base_and_model_reuse(comfy_env):
@@ -198,9 +253,13 @@ def _install_personal_models(root: Path) -> None:
 
     (root / "models" / "loras").mkdir(parents=True, exist_ok=True)
     save_file(lora, root / "models" / "loras" / "civitai_style_lora.safetensors")
-    sdxl = {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 640),
-            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.zeros(640, 4)}
-    save_file(sdxl, root / "models" / "loras" / "sdxl_lora.safetensors")
+    # an SDXL LoRA as kohya writes one: SD-1.5-sized self-attention first, cross-attention reading SDXL's 2048-wide
+    # text context (named without "sdxl", so only its contents can tell)
+    block = "lora_unet_input_blocks_4_1_transformer_blocks_0"
+    sdxl = {f"{block}_attn1_to_q.lora_down.weight": torch.zeros(4, 640), f"{block}_attn1_to_q.lora_up.weight": torch.zeros(640, 4),
+            f"{block}_attn2_to_k.lora_down.weight": torch.zeros(4, 2048), f"{block}_attn2_to_k.lora_up.weight": torch.zeros(640, 4)}
+    save_file(sdxl, root / "models" / "loras" / "xl_style.safetensors")
+    shutil.copy(tiny_models.sdxl_file(), checkpoints / "xl_finetune.safetensors")
 
 
 def _install_lgvi_models(root: Path) -> None:
@@ -240,10 +299,16 @@ def test_lora_workflow_personalizes_a_copy(comfy_env):
     assert _saved(outputs, "10").shape == (FRAMES, SIZE, SIZE, 3)
 
 
-def test_sdxl_lora_is_refused_with_a_clear_message(comfy_env):
+def test_sdxl_lora_and_checkpoint_are_not_offered_and_refused_naming_their_family(comfy_env):
+    lora_node, personalize = (nodes.NODE_CLASS_MAPPINGS[n] for n in ("CoCoCoLoRA", "CoCoCoPersonalize"))
+    assert lora_node.INPUT_TYPES()["required"]["lora_name"][0] == ["civitai_style_lora.safetensors"]
+    offered = personalize.INPUT_TYPES()["required"]["personal_model"][0]
+    assert "checkpoints/dreambooth_sd15.safetensors" in offered and "checkpoints/xl_finetune.safetensors" not in offered
+    message = lora_node.VALIDATE_INPUTS("xl_style.safetensors")
+    assert message.startswith("'xl_style.safetensors' is not an SD-1.5 LoRA: pick an SD-1.5 LoRA") and "SDXL" in message
     prompt = _fast(_api("cococo_civitai_lora.json"))
-    prompt["5"]["inputs"]["lora_name"] = "sdxl_lora.safetensors"
-    with pytest.raises(ValueError, match="(?i)sdxl"):
+    prompt["5"]["inputs"]["lora_name"] = "xl_style.safetensors"
+    with pytest.raises(wx.PromptError, match="not an SD-1.5 LoRA: pick an SD-1.5 LoRA .*Detected SDXL"):
         wx.execute(prompt, CLASSES)
 
 
@@ -251,6 +316,9 @@ def test_dreambooth_workflow_merges_and_saves(comfy_env):
     outputs = wx.execute(_fast(_api("cococo_dreambooth_checkpoint.json")), CLASSES)
     saved = sorted((comfy_env["root"] / "output" / "checkpoints").glob("cococo_dreambooth_inpainting_*.safetensors"))
     assert len(saved) == 1
+    output = (comfy_env["root"] / "output").resolve()  # the status text names the file and the folder it went to
+    assert outputs["7"][1]["text"] == [f"Saved checkpoints/{saved[0].name} in the output folder ({output}). Move it to "
+                                       "models/checkpoints/ to load it as a CoCoCo base model."]
     from safetensors import safe_open
 
     with safe_open(str(saved[0]), "pt") as merged:

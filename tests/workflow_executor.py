@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import workflow_layout as layout
+
 SUPPORTED_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 
 
@@ -37,7 +39,7 @@ def real_comfyui_modules() -> dict | None:
     sys.path.append(folder)
     try:
         importlib.import_module("comfy.cli_args").args.cpu = True  # as `main.py --cpu`: this test machine has no GPU
-        names = ("folder_paths", "comfy", "comfy.model_management", "comfy.utils")
+        names = ("folder_paths", "comfy", "comfy.model_management", "comfy.utils", "comfy.cli_args")
         modules = {name: importlib.import_module(name) for name in names}
     finally:
         sys.path.remove(folder)
@@ -152,6 +154,12 @@ def _recording_progress_bar(base: type, state: dict, interrupt) -> type:
     return ProgressBar
 
 
+def _fake_cli_args(state: dict) -> types.ModuleType:
+    module = types.ModuleType("comfy.cli_args")
+    module.args = types.SimpleNamespace(preview_method=state["preview_method"], cpu=True)
+    return module
+
+
 def _fake_utils(state: dict) -> types.ModuleType:
     module = types.ModuleType("comfy.utils")
     module.ProgressBar = _recording_progress_bar(_PlainProgressBar, state, lambda: state.update(interrupted=True))
@@ -223,18 +231,21 @@ def _real_comfyui(base: Path, state: dict):
                                      ("free_memory", "soft_empty_cache", "unload_all_models")}))
         stack.enter_context(_patched(utils, ProgressBar=_recording_progress_bar(
             utils.ProgressBar, state, lambda: mm.interrupt_current_processing(True))))
+        method = REAL_MODULES["comfy.cli_args"].LatentPreviewMethod(state["preview_method"])
+        stack.enter_context(_patched(REAL_MODULES["comfy.cli_args"].args, preview_method=method))
         mm.interrupt_current_processing(False)
         yield dict(REAL_MODULES)
 
 
 @contextlib.contextmanager
-def fake_comfyui(base: Path, *, unet_dtype=None):
+def fake_comfyui(base: Path, *, unet_dtype=None, preview_method: str = "latent2rgb"):
     """Make ``import folder_paths`` / ``comfy.*`` work inside the block (ComfyUI's real modules when
     ``COMFYUI_DIR`` is set); yields the shared state dict (``calls``, ``bars``, ``interrupted``,
     ``interrupt_at``: progress value that triggers Cancel, ``unet_dtype``: ComfyUI's dtype choice to report,
-    ``modules``)."""
+    ``modules``). ``preview_method``: ComfyUI's ``--preview-method`` (the server tests run with latent2rgb)."""
     base = Path(base)
-    state = {"calls": [], "bars": [], "interrupted": False, "interrupt_at": None, "unet_dtype": unet_dtype}
+    state = {"calls": [], "bars": [], "interrupted": False, "interrupt_at": None, "unet_dtype": unet_dtype,
+             "preview_method": preview_method}
     (base / "comfy" / "sd1_tokenizer").mkdir(parents=True, exist_ok=True)  # a tokenizer a test can put in front
     if REAL_MODULES is not None:
         with _real_comfyui(base, state) as modules:
@@ -248,9 +259,11 @@ def fake_comfyui(base: Path, *, unet_dtype=None):
         "comfy": comfy,
         "comfy.model_management": _fake_model_management(state),
         "comfy.utils": _fake_utils(state),
+        "comfy.cli_args": _fake_cli_args(state),
     }
     comfy.model_management = modules["comfy.model_management"]
     comfy.utils = modules["comfy.utils"]
+    comfy.cli_args = modules["comfy.cli_args"]
     state["modules"] = modules
     with _installed(modules):
         yield state
@@ -654,53 +667,45 @@ def _depths(prompt: dict) -> dict:
     return depth
 
 
-# Node sizes (width, body height) the ComfyUI frontend draws where they exceed the widget estimate, measured in
-# the real frontend with bench/screenshot_workflows.py: loaders of files show a preview and grow once the file
-# loads; output nodes and the samplers (latent preview, square) grow to show their result during and after a run.
-NODE_WIDTH = 340
-TITLE_HEIGHT = 30  # drawn above ``pos``
-GAP = 50
-DRAWN_SIZES = {
-    "LoadVideo": (340, 414),
-    "LoadImageMask": (431, 318),
-    "LoadImage": (431, 318),
-    "PreviewAny": (340, 122),
-    "SaveVideo": (340, 438),
-    "PreviewImage": (340, 318),
-    "CoCoCoSampler": (340, 674),  # the widgets' 540 + the preview's 134
-    "CoCoCoLGVIRemove": (340, 504),
-    "CoCoCoLGVIChat": (340, 614),
+VIRTUAL_NODES = ("Note", "MarkdownNote")  # frontend-only nodes: never sent to the server
+STATUS_TEXT_NODES = ("CoCoCoReleaseModels", "CoCoCoSaveCheckpoint", "CoCoCoConvertMotion", "CoCoCoVideoMetrics")
+
+
+# Download entries for the model files core loaders name, as the frontend's missing-model dialog reads them from a
+# node's ``properties.models`` (name = the widget value, url, directory = the ComfyUI model folder; frontend 1.49
+# enriches a missing combo value with the entry of the same name). The pack's own loaders name the file, the folder
+# and where to get it in their validation message instead (comfy_adapter.missing_model_message).
+MODEL_DOWNLOADS = {
+    ("CheckpointLoaderSimple", "sd-v1-5-inpainting.safetensors"): {
+        "name": "sd-v1-5-inpainting.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/webui/stable-diffusion-inpainting/resolve/main/sd-v1-5-inpainting.safetensors"},
+    ("CheckpointLoaderSimple", "v1-5-pruned-emaonly.safetensors"): {
+        "name": "v1-5-pruned-emaonly.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors"},
 }
 
 
-def drawn_size(node_type: str, size) -> tuple[float, float]:
-    """The size the frontend draws a node at: its saved ``size``, or larger where a preview grows it."""
-    width, height = DRAWN_SIZES.get(node_type, (0, 0))
-    return max(size[0], width), max(size[1], height)
-
-
 def overlapping_nodes(workflow: dict) -> list[tuple[int, int]]:
-    """Pairs of node ids whose drawn boxes (title bar included) intersect."""
-    boxes = []
-    for node in workflow["nodes"]:
-        width, height = drawn_size(node["type"], node["size"])
-        boxes.append((node["id"], node["pos"][0], node["pos"][1] - TITLE_HEIGHT, width, height + TITLE_HEIGHT))
+    """Pairs of node ids whose estimated boxes (title bar included) intersect."""
+    boxes = [(node["id"], node["pos"][0], node["pos"][1] - layout.TITLE_HEIGHT, node["size"][0],
+              node["size"][1] + layout.TITLE_HEIGHT) for node in workflow["nodes"]]
     return [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
             if a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4] and b[2] < a[2] + a[4]]
 
 
-def api_to_ui(prompt: dict, classes: dict) -> dict:
-    """A UI-format workflow (version 0.4), laid out left to right by dependency depth, each column as wide as its
-    widest node and its nodes stacked at the sizes the frontend draws them (:data:`DRAWN_SIZES`)."""
+def api_to_ui(prompt: dict, classes: dict, note: str | None = None) -> dict:
+    """A UI-format workflow (version 0.4): nodes sized and laid out in rows by :mod:`workflow_layout`, the
+    instructions ``note`` in a Note node first, a saved view that shows the whole graph."""
     depths = _depths(prompt)
     order = sorted(prompt, key=lambda n: (depths[n], int(n)))
-    nodes, links, next_y = [], [], {}
+    nodes, links = [], []
     ui_nodes = {}
     for position, node_id in enumerate(order):
         node = prompt[node_id]
         node_class = classes[node["class_type"]]
+        specs = input_specs(node_class)
         inputs = []
-        for name, (kind, options, _) in input_specs(node_class).items():
+        for name, (kind, options, _) in specs.items():
             value = node["inputs"].get(name)
             if not is_widget(kind, options) or isinstance(value, list):
                 entry = {"name": name, "type": "COMBO" if isinstance(kind, list) else kind, "link": None}
@@ -714,25 +719,27 @@ def api_to_ui(prompt: dict, classes: dict) -> dict:
                   for name, default in widget_slots(node_class)]
         values = [default if name is not None and isinstance(node["inputs"].get(name), list) else value
                   for (name, default), value in zip(widget_slots(node_class), values)]
-        multiline = sum(1 for _, (k, o, _) in input_specs(node_class).items() if k == "STRING" and o.get("multiline"))
-        height = 46 + 22 * (len(inputs) + len(values) + max(len(outputs) - len(inputs), 0)) + 60 * multiline
-        size = list(drawn_size(node["class_type"], (NODE_WIDTH, height)))
-        column = depths[node_id]
-        y = next_y.get(column, 80)
-        next_y[column] = y + size[1] + TITLE_HEIGHT + GAP
-        ui = {"id": int(node_id), "type": node["class_type"], "pos": [column, y], "size": size,
+        multiline = [name for name, (k, o, _) in specs.items() if k == "STRING" and o.get("multiline")]
+        texts = [(name, value) for (name, _), value in zip(widget_slots(node_class), values)
+                 if name is not None and name not in multiline and not isinstance(node["inputs"].get(name), list)]
+        title = node.get("_meta", {}).get("title") or ""
+        size = layout.node_size(node["class_type"], title, len(inputs) + len(values) + max(len(outputs) - len(inputs), 0),
+                                len(multiline), texts, node["class_type"] in STATUS_TEXT_NODES)
+        ui = {"id": int(node_id), "type": node["class_type"], "pos": [0, 0], "size": size,
               "flags": {}, "order": position, "mode": 0, "inputs": inputs, "outputs": outputs,
               "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values}
-        if node.get("_meta", {}).get("title"):
-            ui["title"] = node["_meta"]["title"]
+        if title:
+            ui["title"] = title
+        downloads = [MODEL_DOWNLOADS[(node["class_type"], v)] for v in values if (node["class_type"], v) in MODEL_DOWNLOADS]
+        if downloads:
+            ui["properties"]["models"] = downloads
         ui_nodes[node_id] = ui
         nodes.append(ui)
-    column_x, x = {}, 60
-    for column in sorted(set(depths.values())):
-        column_x[column] = x
-        x += max(ui["size"][0] for ui in nodes if ui["pos"][0] == column) + GAP
-    for ui in nodes:
-        ui["pos"][0] = column_x[ui["pos"][0]]
+    columns = [[ui_nodes[n] for n in order if depths[n] == depth] for depth in sorted(set(depths.values()))]
+    if note:
+        columns.insert(0, [layout.note_node(max(int(n) for n in prompt) + 1, note, len(nodes))])
+        nodes.append(columns[0][0])
+    view = layout.lay_out(columns)
     for node_id in order:
         for slot, entry in enumerate(ui_nodes[node_id]["inputs"]):
             value = prompt[node_id]["inputs"].get(entry["name"])
@@ -747,8 +754,8 @@ def api_to_ui(prompt: dict, classes: dict) -> dict:
     for ui in nodes:
         for output in ui["outputs"]:
             output["links"] = output["links"] or None
-    return {"last_node_id": max(int(n) for n in prompt), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}}, "version": 0.4}
+    return {"last_node_id": max(ui["id"] for ui in nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": view}, "version": 0.4}
 
 
 def ui_to_api(workflow: dict, classes: dict) -> dict:
@@ -756,7 +763,7 @@ def ui_to_api(workflow: dict, classes: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):
+        if node.get("mode", 0) in (2, 4) or node["type"] in VIRTUAL_NODES:
             continue
         node_class = classes[node["type"]]
         slots = widget_slots(node_class)
@@ -818,8 +825,15 @@ def node_reference(node_classes: dict, display_names: dict) -> str:
     return "\n".join(out)
 
 
+def workflow_note(root: Path, name: str) -> str | None:
+    """The instructions shown in a Note node of workflow ``name``: ``workflows/notes/<name>.txt``, if any."""
+    path = root / "workflows" / "notes" / f"{name}.txt"
+    return path.read_text().strip() if path.is_file() else None
+
+
 def write_generated_files(root: Path) -> list[Path]:
-    """Regenerate ``workflows/*.json`` (UI format) from ``workflows/api/*.json`` and the node specs, and the
+    """Regenerate ``workflows/*.json`` (UI format, laid out by workflow_layout) from ``workflows/api/*.json``, the
+    notes in ``workflows/notes/`` and the node specs, and the
     node reference at the end of the README and ``docs/nodes.md``."""
     import json
     import tempfile
@@ -831,7 +845,7 @@ def write_generated_files(root: Path) -> list[Path]:
     written = []
     with tempfile.TemporaryDirectory() as scratch, fake_comfyui(Path(scratch)):
         for api_file in sorted((root / "workflows" / "api").glob("*.json")):
-            ui = api_to_ui(json.loads(api_file.read_text()), classes)
+            ui = api_to_ui(json.loads(api_file.read_text()), classes, workflow_note(root, api_file.stem))
             target = root / "workflows" / api_file.name
             target.write_text(json.dumps(ui, indent=1) + "\n")
             written.append(target)

@@ -103,6 +103,14 @@ def read_motion_weights(source) -> dict[str, torch.Tensor]:
     return merge_motion_state(load_state_dict(path) for path in motion_files(source))
 
 
+# the one thing to do first, before any tensor name (a wrong file lists hundreds of them)
+FIX_MOTION_WEIGHTS = (
+    "These are not CoCoCo motion weights for this model: pick the official CoCoCo folder (model_0.pth ... "
+    "model_3.pth) or a file written by `python -m cococo_core convert-motion`. (An incomplete download, or a "
+    "base model with other channel or text widths, gives this error too.)"
+)
+
+
 def check_motion_state(expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor]) -> None:
     """Raise :class:`MotionWeightsError` unless every expected motion tensor is present with its shape."""
     report = compare_keys({k: tuple(shape) for k, shape in expected.items()}, shapes_of(state))
@@ -110,16 +118,11 @@ def check_motion_state(expected: Mapping[str, torch.Size], state: Mapping[str, t
     wrong = [f"{k}: file {file_shape} vs model {model_shape}" for k, file_shape, model_shape in report.mismatched]
     if not missing and not wrong:
         return
-    lines = []
+    lines = [FIX_MOTION_WEIGHTS, "Details:"]
     if missing:
-        lines.append(f"{len(missing)} of {len(expected)} motion tensors are missing: " + _preview(missing))
+        lines.append(f"{len(missing)} of {len(expected)} motion tensors are missing: " + _preview(missing, 4))
     if wrong:
-        lines.append(f"{len(wrong)} motion tensors have the wrong shape: " + _preview(wrong))
-    lines.append(
-        "These weights do not fit this U-Net (not CoCoCo motion weights, an incomplete or damaged download, "
-        "or a base model with other channel widths / text width). Use the official model_0..3.pth folder "
-        "or a file written by `python -m cococo_core convert-motion`."
-    )
+        lines.append(f"{len(wrong)} motion tensors have the wrong shape: " + _preview(wrong, 4))
     raise MotionWeightsError("\n".join(lines))
 
 
@@ -145,7 +148,8 @@ def load_motion_weights(video_unet: VideoUNet, state: Mapping[str, torch.Tensor]
     wrong_base = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}" for k, v in base.items()
                         if v.shape != target[k].shape)
     if wrong_base:
-        raise MotionWeightsError("U-Net tensors in the motion file have the wrong shape: " + _preview(wrong_base))
+        raise MotionWeightsError(f"{FIX_MOTION_WEIGHTS}\nDetails: {len(wrong_base)} U-Net tensors in the motion file "
+                                 "have the wrong shape: " + _preview(wrong_base, 4))
     video_unet.unet.load_state_dict(motion, strict=False, assign=True)
     if base:
         log.warning("motion weights also replace %d base U-Net tensors (as the official loader does): %s",

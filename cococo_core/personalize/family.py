@@ -9,8 +9,10 @@ marker) are refused, and every input's cross-attention width must be the inpaint
 """
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Mapping, Optional, Sequence
 
+from .lora_names import SDXL_PREFIXES
 from .sources import ModelSource
 
 _CROSS_ATTN_KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
@@ -20,6 +22,23 @@ _CONTEXT_FAMILIES = {1024: "SD2.x (1024-wide OpenCLIP cross-attention)", 2048: "
 def context_family(width: int) -> str:
     """A family name for a cross-attention context width that is not the SD-1.x one."""
     return _CONTEXT_FAMILIES.get(width, f"a model with {width}-wide cross-attention (SD-1.x has 768)")
+
+
+# the down / A factor of a cross-attention key or value projection: its input width is the text context's
+_LORA_CONTEXT_FACTOR = re.compile(r"attn2[._]to_[kv].*(lora_down|lora_A)(\.default)?\.weight$")
+
+
+def lora_family(shapes: Mapping[str, Sequence[int]]) -> Optional[str]:
+    """The family of a LoRA that is not for SD-1.x, from its key names and tensor shapes (a safetensors header
+    is enough), or None: SDXL's second text encoder (``lora_te2_`` ...), or a cross-attention key/value factor
+    reading a 1024-wide (SD-2.x) or 2048-wide (SDXL) text context."""
+    second_encoder = sorted(key for key in shapes if key.startswith(SDXL_PREFIXES))
+    if second_encoder:
+        return f"SDXL (a second text encoder: keys such as {second_encoder[0]})"
+    for key, shape in shapes.items():
+        if _LORA_CONTEXT_FACTOR.search(key) and len(shape) == 2 and shape[1] in _CONTEXT_FAMILIES:
+            return context_family(shape[1])
+    return None
 
 
 def cross_attention_width(model: ModelSource) -> Optional[int]:

@@ -24,10 +24,10 @@ import torch
 
 from .. import validation
 from ..checkpoints.safe_load import load_state_dict, read_metadata
-from .family import context_family
+from .family import context_family, lora_family
 from .finite import NonFiniteError, is_finite
 from .lora_file import LoraModule, parse_lora
-from .lora_names import SDXL_PREFIXES, LoraTargets
+from .lora_names import LoraTargets
 from .peft_config import AdapterConfigs, model_module_name
 
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -98,9 +98,10 @@ class LoraStack:
             label = spec.label()
             validation.finite(spec.strength, f"the strength of LoRA {label}")  # again: specs are mutable
             state, metadata, sidecar = _load(spec)
-            sdxl = sorted(k for k in state if k.startswith(SDXL_PREFIXES))
-            if sdxl:
-                raise ValueError(f"LoRA {label}: detected SDXL (keys such as {sdxl[0]}); only SD-1.x LoRAs can be merged")
+            family = lora_family({key: tuple(value.shape) for key, value in state.items()})
+            if family is not None:
+                raise ValueError(f"LoRA {label} is not an SD-1.5 LoRA: pick an SD-1.5 one (SD-1.x LoRAs only can be "
+                                 f"merged into CoCoCo). Detected {family}.")
             configs = AdapterConfigs.read(metadata, sidecar, label=label)
             parsed = parse_lora(state)
             unused = dict(parsed.unused)

@@ -39,6 +39,17 @@ def as_mask(mask, num_frames: int, height: int, width: int) -> torch.Tensor:
     return values.expand(num_frames, height, width).contiguous()
 
 
+def resize_mask(mask, height: int, width: int) -> torch.Tensor:
+    """A checked mask (see :func:`cococo_core.validation.mask`) stretched to ``height`` x ``width`` by bilinear
+    interpolation with antialiasing (edges stay soft, values stay in [0, 1]); unchanged when the size already
+    matches. For a mask painted on a frame of another resolution of the same video."""
+    values = validation.mask(mask, "mask")
+    if tuple(values.shape[1:]) == (height, width):
+        return values
+    resized = F.interpolate(values[:, None], size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return resized[:, 0].clamp(0, 1)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """User frame size -> working size (resize) -> padded size (multiple of ``size_multiple``)."""
