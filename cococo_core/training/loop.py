@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..output_files import write_json
 from .config import TrainConfig
 from .ema import EMAWeights
 from .recipe import Recipe
@@ -218,7 +219,7 @@ class Trainer:
                 self.ema.save(folder / EMA_FILE)
             state = {"step": self.step, "micro_step": self.micro_step, "num_processes": self.accelerator.num_processes,
                      "train_batch_size": self.config.train_batch_size, "seed": self.config.seed}
-            (folder / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+            write_json(folder / STATE_FILE, state, overwrite=True, indent=1)
             self._rotate_checkpoints()
         self.accelerator.wait_for_everyone()
         return folder
@@ -280,8 +281,7 @@ class Trainer:
         result = TrainResult(self.step, self.micro_step)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str),
-                                                         encoding="utf-8")
+            write_json(self.output_dir / "config.json", config.to_dict(), overwrite=True, indent=1, default=str)
         if self.trackers:
             accelerator.init_trackers(config.project_name, config=_flat_config(config))
         validation_batch = None

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...output_files import write_json
 from ..shards import ShardReader, ShardWriter, complete_shards, index_path, remove_partial
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,6 @@ def prepare(options: PrepareOptions, detector=None) -> dict:
                            "written": stats.written, "skipped": dict(stats.skipped), "seconds": round(stats.seconds, 3),
                            "videos_per_minute": round(60 * stats.seen / stats.seconds, 2) if stats.seconds else None,
                            "text_encoder_calls": annotator.text_calls if annotator else 0}
-    (output / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    (output / "prepare_options.json").write_text(json.dumps(asdict(options), indent=1), encoding="utf-8")
+    write_json(output / "summary.json", summary, overwrite=True, indent=1)
+    write_json(output / "prepare_options.json", asdict(options), overwrite=True, indent=1)
     return summary
