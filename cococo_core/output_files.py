@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import glob
 import os
 import re
@@ -164,14 +165,22 @@ def check_distinct(paths: Iterable) -> None:
 # --- renames: the only steps that change what the user sees ------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _renameat2_function():
+    """The C library's ``renameat2`` (glibc >= 2.28), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
 def _renameat2(source: Path, target: Path, flags: int) -> bool:
     """``renameat2(source, target, flags)``; False where the C library, kernel or file system lacks it."""
-    if not sys.platform.startswith("linux"):
-        return False
-    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    function = _renameat2_function()
     if function is None:
         return False
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
         return True
     code = ctypes.get_errno()
@@ -361,7 +370,7 @@ def write_json(path, data, *, overwrite: bool = False, **dumps) -> Path:
 def _link_file(source, target) -> None:
     try:
         os.link(source, target, follow_symlinks=False)
-    except OSError:
+    except (OSError, NotImplementedError):  # no hard links on this file system (or for links, on this OS)
         shutil.copy2(source, target, follow_symlinks=False)
 
 
