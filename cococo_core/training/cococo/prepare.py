@@ -38,7 +38,8 @@ from ..shards import ShardReader, ShardWriter, complete_shards, index_path, remo
 log = logging.getLogger(__name__)
 
 SKIP_LOG = "skipped-r{rank:03d}.jsonl"
-SHARD_NAME = "r{rank:03d}-{number:06d}.tar"
+SHARD_PREFIX = "r{rank:03d}-"  # the shards of one rank
+SHARD_NAME = SHARD_PREFIX + "{number:06d}.tar"
 
 
 @dataclass
@@ -259,7 +260,7 @@ def done_keys(output: Path) -> set[str]:
 
 
 def next_shard_number(output: Path, rank: int) -> int:
-    prefix = f"r{rank:03d}-"
+    prefix = SHARD_PREFIX.format(rank=rank)
     numbers = [int(p.name[len(prefix):-len(".tar")]) for p in output.glob(f"{prefix}*.tar")]
     return max(numbers, default=-1) + 1
 
@@ -285,7 +286,7 @@ def prepare(options: PrepareOptions, detector=None) -> dict:
     options.validate()
     output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
-    for leftover in remove_partial(output):
+    for leftover in remove_partial(output, SHARD_PREFIX.format(rank=options.rank)):
         log.info("removed the unfinished shard %s (its videos are redone)", leftover.name)
     rows = read_webvid_csv(options.csv)[: options.limit]
     done = done_keys(output)
