@@ -268,9 +268,10 @@ def _sync(path: Path) -> None:
 
 def _failure(path: Path, error: BaseException) -> OutputError:
     reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    return OutputError(errno.EIO if not isinstance(error, OSError) else (error.errno or errno.EIO),
-                       f"could not write {path}: {reason or type(error).__name__}; nothing was written under that "
-                       "name (is the disk full?)")
+    failure = OutputError(f"could not write {path}: {reason or type(error).__name__}; nothing was written under that "
+                          "name (is the disk full?)")
+    failure.errno = error.errno if isinstance(error, OSError) else None  # ENOSPC etc., for callers that check
+    return failure
 
 
 def write_error(path: Path, error: BaseException) -> BaseException:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..output_files import write_json
+from ..output_files import staged_file, write_json
 from .config import TrainConfig
 from .ema import EMAWeights
 from .recipe import Recipe
@@ -141,7 +141,8 @@ def _install_weight_hooks(accelerator) -> None:
             for i, model in enumerate(models):
                 named = trainable_named_parameters(accelerator.unwrap_model(model))
                 tensors = {k: v.detach().contiguous().cpu() for k, v in named.items()}
-                save_file(tensors, str(Path(output_dir) / f"trainable_{i}.safetensors"))
+                with staged_file(Path(output_dir) / f"trainable_{i}.safetensors", overwrite=True) as temporary:
+                    save_file(tensors, str(temporary))
         weights.clear()
 
     def load_hook(models, input_dir):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ...output_files import write_json
+from ...output_files import staged_file, write_json
 from .unet_init import official_unet_config
 
 
@@ -38,7 +38,8 @@ def save_lgvi_folder(model, directory: str | Path) -> list[Path]:
     config_path = directory / "unet" / "config.json"
     write_json(config_path, official_unet_config(model.unet.config), indent=2)
     weights = directory / "unet" / "diffusion_pytorch_model.safetensors"
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.unet.state_dict().items()}, str(weights))
+    with staged_file(weights) as temporary:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in model.unet.state_dict().items()}, str(temporary))
     model.vae.save_pretrained(directory / "vae", safe_serialization=True)
     model.scheduler.save_config(directory / "scheduler")
     index = {"_class_name": "RoviPipeline", "_diffusers_version": "0.21.4", "unet": ["diffusers", "UNet2DConditionModel"],
