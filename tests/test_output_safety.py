@@ -11,6 +11,7 @@ every writer: merge .safetensors, video files, PNG folders, JSON).
 The save node's refusal of a prefix linked out of ComfyUI's output folder is in tests/test_output_files.py.
 """
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -304,12 +305,19 @@ def test_ctrl_c_when_a_merge_creates_its_staging_file_leaves_nothing(models, tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def _mount_tmpfs(folder: Path, options: str) -> bool:
+    folder.mkdir()
+    try:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                              capture_output=True).returncode == 0
+    except OSError:  # no mount command
+        return False
+
+
 @contextlib.contextmanager
 def _mounted_tmpfs(folder: Path, options: str):
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    if not _mount_tmpfs(folder, options):
+        pytest.skip("cannot mount a tmpfs here (needs root with mount rights)")
     try:
         yield folder
     finally:
@@ -317,17 +325,28 @@ def _mounted_tmpfs(folder: Path, options: str):
 
 
 @pytest.fixture
-def read_only_folder(tmp_path):
-    """A folder no file can be created in: a read-only tmpfs as root (root ignores permissions), else mode 555."""
+def read_only_folder(tmp_path, monkeypatch):
+    """A folder no file can be created in: a read-only tmpfs as root (root ignores permissions), else mode 555;
+    as root where mounting is not allowed, creating a file there fails with EROFS as on a read-only file system."""
     folder = tmp_path / "read-only"
-    if os.geteuid() == 0:
-        with _mounted_tmpfs(folder, "ro,size=1m") as mounted:
-            yield mounted
-        return
-    folder.mkdir()
-    folder.chmod(0o555)
-    yield folder
-    folder.chmod(0o755)
+    if os.geteuid() != 0:
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+    elif _mount_tmpfs(folder, "ro,size=1m"):
+        yield folder
+        subprocess.run(["umount", str(folder)], check=False)
+    else:
+        real_open = os.open
+
+        def read_only_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT and Path(path).parent == folder:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only_open)
+        yield folder
 
 
 def test_a_read_only_output_folder_is_refused_before_loading(read_only_folder, tmp_path, models, capsys, no_loading,
