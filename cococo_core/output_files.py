@@ -284,6 +284,20 @@ def write_error(path: Path, error: BaseException) -> BaseException:
     return error
 
 
+@contextlib.contextmanager
+def cleanup_on_error(path, cleanup: Callable[[], None]) -> Iterator[None]:
+    """On any error or interruption in the block: ``cleanup()`` (drop the staging entry), then raise the error as
+    :func:`write_error` reports it for ``path``."""
+    try:
+        yield
+    except BaseException as error:
+        cleanup()
+        reported = write_error(Path(path), error)
+        if reported is error:
+            raise
+        raise reported from error
+
+
 # --- one file ----------------------------------------------------------------------------------------
 
 
@@ -332,16 +346,10 @@ def staged_file(path, verify: Callable[[Path], None] | None = None, *, overwrite
     Any failure removes the staging file, keeps an earlier ``path`` as it was and raises :class:`OutputError`
     naming ``path`` (cancellation and other non-``Exception`` errors pass through unchanged)."""
     staged = StagedFile(path, overwrite=overwrite)
-    try:
+    with cleanup_on_error(staged.path, staged.discard):
         os.close(staged.create())
         yield staged.temporary
         staged.commit(verify)
-    except BaseException as error:
-        staged.discard()
-        reported = write_error(staged.path, error)
-        if reported is error:
-            raise
-        raise reported from error
 
 
 def write_text(path, text: str, *, overwrite: bool = False) -> Path:
@@ -402,7 +410,12 @@ def staged_folder(path, owned: re.Pattern, verify: Callable[[Path], None] | None
     path = Path(path)
     target = path.resolve() if path.is_symlink() else path
     staging: Path | None = None
-    try:
+
+    def remove_staging() -> None:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    with cleanup_on_error(path, remove_staging):
         while True:
             staging = _staging_name(target)  # named before it exists, so an interruption here removes it
             try:
@@ -432,11 +445,4 @@ def staged_folder(path, owned: re.Pattern, verify: Callable[[Path], None] | None
                 old, staging = staging, None
                 _discard_old(old, target, owned)
         _sync(target.parent)
-    except BaseException as error:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        reported = write_error(path, error)
-        if reported is error:
-            raise
-        raise reported from error
 

@@ -19,7 +19,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..output_files import StagedFile, write_error
+from ..output_files import StagedFile, cleanup_on_error
 
 _DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -59,20 +59,10 @@ class SafetensorsStreamWriter:
         self._next = 0
         self._file = None
         self._staged = StagedFile(self.path, overwrite=overwrite)
-        try:
+        with cleanup_on_error(self.path, self.abort):
             self._file = os.fdopen(self._staged.create(), "wb")
             self._file.write(len(blob).to_bytes(8, "little"))
             self._file.write(blob)
-        except BaseException as error:
-            self._fail(error)
-
-    def _fail(self, error: BaseException):
-        """Drop the staging file and raise ``error``, a failed write as one that names the output file."""
-        self.abort()
-        reported = write_error(self.path, error)
-        if reported is error:
-            raise error
-        raise reported from error
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._order):
@@ -81,10 +71,8 @@ class SafetensorsStreamWriter:
         if name != expected or tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise ValueError(f"expected tensor {expected} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        try:
+        with cleanup_on_error(self.path, self.abort):
             self._file.write(memoryview(data.numpy()))
-        except OSError as error:
-            self._fail(error)
         self._next += 1
 
     def close(self) -> Path:
@@ -92,11 +80,9 @@ class SafetensorsStreamWriter:
         if self._next != len(self._order):
             self.abort()
             raise ValueError(f"only {self._next} of {len(self._order)} tensors were written")
-        try:
+        with cleanup_on_error(self.path, self.abort):
             self._file.close()
             return self._staged.commit()
-        except BaseException as error:
-            self._fail(error)
 
     def abort(self) -> None:
         """Drop the unfinished file."""

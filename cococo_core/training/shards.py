@@ -22,7 +22,7 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Mapping
 
-from ..output_files import StagedFile, write_error, write_json
+from ..output_files import StagedFile, cleanup_on_error, write_json
 
 INDEX_SUFFIX = ".index.json"
 FORMAT = "cococo-shard-1"
@@ -44,12 +44,9 @@ class ShardWriter:
         self.samples: list[dict] = []
         self._file = None
         self._staged = StagedFile(path)
-        try:
+        with cleanup_on_error(path, self.abort):
             self._file = os.fdopen(self._staged.create(), "wb")
             self._tar = tarfile.open(fileobj=self._file, mode="w")
-        except BaseException:
-            self.abort()
-            raise
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -72,16 +69,10 @@ class ShardWriter:
         self.samples.append(entry)
 
     def close(self) -> Path:
-        try:
+        with cleanup_on_error(self.path, self.abort):
             self._tar.close()
             self._file.close()
             self._staged.commit()
-        except BaseException as error:
-            self.abort()
-            reported = write_error(self.path, error)
-            if reported is error:
-                raise
-            raise reported from error
         write_json(index_path(self.path), {"format": FORMAT, "shard": self.path.name, "samples": self.samples})
         return self.path
 
