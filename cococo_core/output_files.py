@@ -15,9 +15,9 @@ Rules, the same for every command and node that writes (videos, PNG folders, saf
   (Linux ``renameat2(RENAME_NOREPLACE)``; elsewhere ``link`` + ``unlink``, which also fails on an existing name,
   or a lock and a re-check), or an atomic rename over an earlier file;
 * a folder output (PNG frames) is replaced as a whole: the new frames are written into a staging folder, the
-  other entries of an existing folder (files the pack did not write, ``owned``) are hard-linked into it, and the
-  two folders are swapped in one step (``renameat2(RENAME_EXCHANGE)``), so a crash at any point leaves the old
-  folder or the new one, never a mix;
+  other entries of an existing folder (those whose names do not match ``owned``, the names the pack writes:
+  the user's own files) are hard-linked into it, and the two folders are swapped in one step
+  (``renameat2(RENAME_EXCHANGE)``), so a crash at any point leaves the old folder or the new one, never a mix;
 * any failure or interruption (Ctrl-C included) removes the staging file or folder and leaves an earlier output
   as it was; a failed write raises :class:`OutputError` naming the output path the user gave.
 

@@ -15,7 +15,8 @@ file) sets up. What the loop does:
   the *trained* tensors only (``trainable_0.safetensors``; frozen weights are rebuilt by the recipe), EMA, and
   ``train_state.json`` (step, micro-step = data position). ``resume="latest"`` or a folder continues exactly;
 * validation samples every N steps (``recipe.validate`` on the main process, EMA weights when EMA is on);
-* at the end ``recipe.save_pretrained`` into ``output_dir/weights/step-XXXXXXXX`` (never over existing files).
+* at the end ``recipe.save_pretrained`` into ``output_dir/weights/step-XXXXXXXX`` (never over existing files),
+  staged as a whole folder (:func:`cococo_core.output_files.staged_folder`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..output_files import staged_file, write_json
+from ..output_files import staged_file, staged_folder, write_json
 from .config import TrainConfig
 from .ema import EMAWeights
 from .recipe import Recipe
@@ -45,6 +46,7 @@ CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 STATE_FILE = "train_state.json"
 EMA_FILE = "ema.safetensors"
 WEIGHTS_DIR = "weights"
+ANY_FILE = re.compile(r".+")  # every file of an export folder is the export's
 
 
 @dataclass
@@ -383,8 +385,11 @@ class Trainer:
             if folder.exists() and any(folder.iterdir()):
                 log.info("%s exists already (this step was exported before); not written again", folder)
                 return sorted(p for p in folder.rglob("*") if p.is_file())
-            with (self.ema.swapped_in() if use_ema else _nothing()):
-                saved = list(self.recipe.save_pretrained(model, folder))
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            # staged as a whole: an interrupted export leaves no half folder that a later run would take as done
+            with (self.ema.swapped_in() if use_ema else _nothing()), staged_folder(folder, ANY_FILE) as staging:
+                written = list(self.recipe.save_pretrained(model, staging))
+            saved = [folder / Path(path).relative_to(staging) for path in written]
         self.accelerator.wait_for_everyone()
         return saved
 
