@@ -63,7 +63,8 @@ class ShardWriter:
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-            self._tar.addfile(info, io.BytesIO(data))
+            with cleanup_on_error(self.path, self.abort):  # a full disk names the shard
+                self._tar.addfile(info, io.BytesIO(data))
             padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE  # data blocks follow the header
             entry["members"][ext] = [self._tar.offset - padded, len(data)]
         self.samples.append(entry)
