@@ -192,19 +192,21 @@ def write_video(path: str | os.PathLike, frames, fps: float = 12.0, *, crf: int 
     """Write (F, H, W, 3) uint8 (or float in [0, 1]) frames; the format follows the suffix (module docstring).
     ``crf``: H.264/VP9 constant rate factor (default 18 for H.264, 30 for VP9; lower = better).
 
-    Written through :mod:`cococo_core.output_files`: under a temporary name, re-opened and its frames counted,
-    then renamed. An existing output needs ``overwrite``; a path that is one of ``inputs`` is always refused."""
+    Written through :mod:`cococo_core.output_files`: under a unique staging name, re-opened and its frames counted,
+    then given its name in one step (a PNG folder is swapped as a whole). An existing output needs ``overwrite``,
+    checked again at that step; a path that is one of ``inputs`` is always refused."""
     path = check_output(path, fps, overwrite=overwrite, inputs=inputs)
     frames = _as_uint8(frames)
     suffix = path.suffix.lower()
     if suffix == "":
-        with staged_folder(path, FRAME_FILE, lambda folder: _verify_folder(folder, len(frames))) as folder:
+        with staged_folder(path, FRAME_FILE, lambda folder: _verify_folder(folder, len(frames)),
+                           overwrite=overwrite) as folder:
             from PIL import Image  # noqa: PLC0415
 
             for index, frame in enumerate(frames):
                 Image.fromarray(frame).save(folder / f"frame_{index:05d}.png")
         return path
-    with staged_file(path, lambda written: _verify_video(written, len(frames), fps)) as temporary:
+    with staged_file(path, lambda written: _verify_video(written, len(frames), fps), overwrite=overwrite) as temporary:
         if suffix in GIF_SUFFIXES:
             import imageio.v2 as iio  # noqa: PLC0415
 

@@ -292,11 +292,17 @@ def output_path(prefix: str, suffix: str) -> Path:
     relative = _checked_relative_name(prefix)
     root = output_directory()
     folder = root / relative.parent
+
+    def refuse_links_out() -> None:  # resolve() follows the links among the existing parts, dangling ones included
+        real, real_root = folder.resolve(), root.resolve()
+        if real != real_root and real_root not in real.parents:
+            raise ValueError(f"the output sub-folder '{relative.parent}' of {root} is a link to {real}, outside the "
+                             "output folder; save nodes write only inside it. Remove the link or choose another "
+                             "filename_prefix")
+
+    refuse_links_out()  # before any folder is made, so a refused prefix creates nothing outside
     folder.mkdir(parents=True, exist_ok=True)
-    real, real_root = folder.resolve(), root.resolve()
-    if real != real_root and real_root not in real.parents:
-        raise ValueError(f"the output sub-folder '{relative.parent}' of {root} is a link to {real}, outside the output "
-                         "folder; save nodes write only inside it. Remove the link or choose another filename_prefix")
+    refuse_links_out()  # a link made meanwhile
     counter = 1
     while os.path.lexists(folder / f"{relative.name}_{counter:05}_{suffix}"):  # a dangling link counts as taken
         counter += 1

@@ -213,7 +213,11 @@ def test_merge_and_convert_refuse_to_overwrite_an_input(tmp_path, capsys):
 
 
 def test_save_nodes_refuse_sub_folders_linked_out_of_output(tmp_path):
+    """Refused before any folder is made: a refused prefix creates nothing outside the output folder."""
+    from types import SimpleNamespace
+
     from nodes import comfy_adapter as adapter
+    from nodes.nodes_personalize import CoCoCoSaveCheckpoint
     from workflow_executor import fake_comfyui
 
     outside = tmp_path / "elsewhere"
@@ -222,8 +226,12 @@ def test_save_nodes_refuse_sub_folders_linked_out_of_output(tmp_path):
         output = adapter.output_directory()
         output.mkdir(parents=True, exist_ok=True)
         os.symlink(outside, output / "escape")
-        with pytest.raises(ValueError, match="outside the output folder"):
-            adapter.output_path("escape/merged", ".safetensors")
+        os.symlink(outside / "missing", output / "dangling")
+        for prefix in ("escape/merged", "escape/new/deeper/merged", "dangling/new/merged"):
+            with pytest.raises(ValueError, match="outside the output folder"):
+                adapter.output_path(prefix, ".safetensors")
+        with pytest.raises(ValueError, match="outside the output folder"):  # the save node, before any folder is made
+            CoCoCoSaveCheckpoint().save(SimpleNamespace(recipe=object()), "escape/sub/merged")
         (output / "inside").mkdir()
         os.symlink(output / "inside", output / "alias")  # a link that stays inside is fine
         assert adapter.output_path("alias/merged", ".safetensors").name == "merged_00001_.safetensors"

@@ -31,7 +31,7 @@ def files(tmp_path_factory):
 
 def merge(files, tmp_path, name="out.safetensors", **kwargs):
     recipe = MergeRecipe(**{"inpaint": files["inpaint"], "base": files["base"], "personal": files["personal"], **kwargs})
-    report = save_merged(recipe, tmp_path / name)
+    report = save_merged(recipe, tmp_path / name, overwrite=True)  # the tests reuse one output name
     return load_file(str(tmp_path / name)), report
 
 

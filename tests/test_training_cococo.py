@@ -66,10 +66,14 @@ def test_interrupted_shard_is_discarded_and_redone(prepared, tmp_path):
     shutil.copytree(root / "shards", out)
     last = complete_shards(out)[-1]
     index_path(last).unlink()
-    last.rename(last.with_name(last.name + ".partial"))  # as a writer killed before close() leaves it
+    staging = last.with_name(f".{last.stem}.partial-0123456789abcdef.tar")
+    last.rename(staging)  # as a writer killed before close() leaves it
+    other_rank = out / ".r001-000000.partial-0123456789abcdef.tar"
+    other_rank.write_bytes(b"another rank is writing this one")
     summary = prepare(PrepareOptions(csv=str(root / "results.csv"), video_root=str(root / "videos"), output=str(out),
                                      min_frames=FRAMES, max_frames=6, short_side=32))
-    assert summary["written"] == 3 and summary["this_run"]["written"] == 1 and not list(out.glob("*.partial"))
+    assert summary["written"] == 3 and summary["this_run"]["written"] == 1 and not staging.exists()
+    assert other_rank.exists()  # only this rank's leftovers are removed
 
 
 def clip_dataset(root, **changes):

@@ -127,6 +127,25 @@ def test_validate_is_optional_and_missing_members_are_named(tmp_path, monkeypatc
         train(toy_config(tmp_path / "b"), Broken())
 
 
+def test_an_interrupted_export_leaves_no_half_folder(tmp_path, monkeypatch):
+    """The export is staged as a whole: a failure half-way leaves no weights folder, so the next run exports
+    instead of taking a half folder as done."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from training_toy import ToyRecipe
+
+    class FailsHalfWay(ToyRecipe):
+        def save_pretrained(self, model, directory):
+            ToyRecipe.save_pretrained(self, model, directory)  # one file written ...
+            raise OSError(28, "No space left on device")  # ... then the disk is full
+
+    config = toy_config(tmp_path / "run", max_steps=2, checkpoint_every=2, ema=False)
+    with pytest.raises(OSError, match="could not write .*step-00000002"):
+        train(config, FailsHalfWay())
+    assert list((tmp_path / "run" / "weights").iterdir()) == []
+    train(toy_config(tmp_path / "run", max_steps=2, checkpoint_every=2, ema=False, resume="latest"))
+    assert set(final_head(tmp_path / "run")) == {"weight", "bias"}
+
+
 @pytest.mark.parametrize("name", ["paper", "finetune", "tiny_cpu_smoke"])
 def test_shipped_configs_parse(name):
     config = load_config(ROOT / "training" / "configs" / f"{name}.yaml")

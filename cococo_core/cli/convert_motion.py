@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
                     len(state) - len(motion_keys))
     if not args.no_check:
         check_motion_state(sd15_motion_shapes(), state)
-    save_motion_safetensors(state, output, dtype=DTYPES[args.dtype])
+    save_motion_safetensors(state, output, dtype=DTYPES[args.dtype], overwrite=args.overwrite)
     print(f"wrote {output} ({len(state)} tensors, {len(motion_keys)} motion-module tensors)")
     return 0

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         beta_unet=args.beta_unet, beta_text=args.beta_text, beta_vae=args.beta_vae, use_ema=args.ema)
     dtype = _DTYPES[args.dtype]
     report = save_merged(recipe, args.out, dtype=getattr(torch, dtype) if dtype else None,
-                         callback=_Progress(not args.quiet))
+                         callback=_Progress(not args.quiet), overwrite=args.overwrite)
     print(report.summary())
     print(f"wrote {args.out}")
     return 0

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..attention import attention_backend  # noqa: PLC0415
     from ..lgvi.video_tensor import work_size  # noqa: PLC0415
-    from ..output_files import check_distinct, staged_file  # noqa: PLC0415
+    from ..output_files import check_distinct, write_text  # noqa: PLC0415
     from ..output_files import check_output as check_file  # noqa: PLC0415
     from ..video_io import check_output, read_frames, write_video  # noqa: PLC0415
 
@@ -167,14 +167,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reply_out and replies:
         text = "\n\n".join(replies) + "\n"
         check_file(args.reply_out, what="--reply-out", **outputs)
-        with staged_file(args.reply_out, lambda written: _same_text(written, text)) as temporary:
-            temporary.write_text(text, encoding="utf-8")
+        write_text(args.reply_out, text, overwrite=args.overwrite)
     return 0
-
-
-def _same_text(path: Path, text: str) -> None:
-    if path.read_text(encoding="utf-8") != text:
-        raise ValueError("the text file reads back different")
 
 
 def _progress(tqdm, steps, desc):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..metrics.conventions import FRAME_AVERAGED, Conventions
 from ..metrics.suite import METRICS
+from ..output_files import OutputExistsError, staged_file, write_json, write_text
 
 ROW_FIELDS = ("id", "video", "prompt", "frames", "width", "height", "flow", "seconds", "error")
 
@@ -47,9 +49,13 @@ class ResultStore:
         path = self.folder / "settings.json"
         current = json.loads(json.dumps(settings))
         if not path.is_file():
-            if record:
-                path.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
-            return
+            if not record:
+                return
+            try:
+                write_json(path, current, indent=2)
+                return
+            except OutputExistsError:  # a run started at the same time recorded its settings first: compare
+                pass
         recorded = json.loads(path.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
         if changed:
@@ -80,9 +86,8 @@ class ResultStore:
 
     def save_features(self, sample_id: str, reference: np.ndarray, result: np.ndarray) -> None:
         path = self.features_path(sample_id)
-        temporary = path.with_name(path.stem + ".tmp.npz")
-        np.savez(temporary, reference=reference, result=result)
-        temporary.replace(path)
+        with staged_file(path, overwrite=True) as temporary:
+            np.savez(temporary, reference=reference, result=result)
 
     def append(self, rank: int, row: dict) -> None:
         with open(self.folder / "parts" / f"part-{rank}.jsonl", "a", encoding="utf-8") as handle:
@@ -95,22 +100,24 @@ class ResultStore:
         rows = [found[i] for i in order if i in found]
         summary = summarize(rows, self, settings, conventions)
         self._write_rows(rows)
-        (self.folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-        with open(self.folder / "summary.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["metric", "value", "videos", "convention"])
-            for key, entry in summary["metrics"].items():
-                writer.writerow([METRICS[key][0], _plain(entry["mean"]), entry["videos"], entry["convention"]])
+        write_json(self.folder / "summary.json", summary, overwrite=True, indent=2, allow_nan=True)
+        write_text(self.folder / "summary.csv", _csv([["metric", "value", "videos", "convention"]] + [
+            [METRICS[key][0], _plain(entry["mean"]), entry["videos"], entry["convention"]]
+            for key, entry in summary["metrics"].items()]), overwrite=True)
         return summary
 
     def _write_rows(self, rows: list[dict]) -> None:
-        (self.folder / "rows.json").write_text(json.dumps(rows, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+        write_json(self.folder / "rows.json", rows, overwrite=True, indent=1, allow_nan=True)
         metric_keys = [k for k in METRICS if any(k in row for row in rows)]
-        with open(self.folder / "rows.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([*ROW_FIELDS, *(METRICS[k][0] for k in metric_keys)])
-            for row in rows:
-                writer.writerow([_plain(row.get(f)) for f in ROW_FIELDS] + [_plain(row.get(k)) for k in metric_keys])
+        write_text(self.folder / "rows.csv", _csv([[*ROW_FIELDS, *(METRICS[k][0] for k in metric_keys)]] + [
+            [_plain(row.get(f)) for f in ROW_FIELDS] + [_plain(row.get(k)) for k in metric_keys] for row in rows]),
+            overwrite=True)
+
+
+def _csv(lines: list[list]) -> str:
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(lines)
+    return text.getvalue()
 
 
 def _plain(value):

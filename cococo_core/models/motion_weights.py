@@ -173,8 +173,10 @@ def _cast(tensor: torch.Tensor, device, dtype) -> torch.Tensor:
     return tensor.to(device=device, dtype=dtype).contiguous()
 
 
-def save_motion_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, *, dtype=None) -> Path:
-    """Write normalised motion weights as one .safetensors file (optionally cast, e.g. to fp16)."""
+def save_motion_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, *, dtype=None,
+                            overwrite: bool = False) -> Path:
+    """Write normalised motion weights as one .safetensors file (optionally cast, e.g. to fp16); an existing
+    ``path`` is replaced only with ``overwrite`` (:func:`cococo_core.output_files.staged_file`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -189,7 +191,7 @@ def save_motion_safetensors(state: Mapping[str, torch.Tensor], path: str | os.Pa
             if len(list(handle.keys())) != len(tensors):
                 raise ValueError(f"wrote {len(tensors)} tensors but the file reads back fewer")
 
-    with staged_file(path, verify) as temporary:
+    with staged_file(path, verify, overwrite=overwrite) as temporary:
         save_file(tensors, str(temporary), metadata={"format": "pt", "content": FORMAT_TAG})
     return path
 

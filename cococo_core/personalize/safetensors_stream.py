@@ -4,11 +4,13 @@ Format (safetensors spec): 8-byte little-endian header length N, N bytes of JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}`` padded
 with spaces to a multiple of 8, then the tensors' raw little-endian bytes back to back. Since
 every dtype and shape is known before any weight is computed, the header is written first and
-each tensor is appended as soon as it exists; the file is written under a temporary name and
-renamed only when complete, so a cancelled or failed merge never leaves a truncated checkpoint.
+each tensor is appended as soon as it exists; the file is written under a unique staging name and
+renamed only when complete (:mod:`cococo_core.output_files`), so a cancelled or failed merge never leaves a
+truncated checkpoint, and two merges to one new file never blend.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
+
+from ..output_files import StagedFile, cleanup_on_error
 
 _DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -25,14 +29,16 @@ _DTYPES = {
 
 
 class SafetensorsStreamWriter:
-    """``entries`` = ``[(name, dtype, shape), ...]`` in file order; then :meth:`write` each, in that order."""
+    """``entries`` = ``[(name, dtype, shape), ...]`` in file order; then :meth:`write` each, in that order.
+
+    Staged through :class:`cococo_core.output_files.StagedFile`: a unique staging file that an interruption at any
+    moment removes, a no-replace rename at :meth:`close` unless ``overwrite``, errors naming ``path``."""
 
     def __init__(self, path, entries: Sequence[Tuple[str, torch.dtype, Sequence[int]]],
-                 metadata: Optional[Mapping[str, str]] = None):
+                 metadata: Optional[Mapping[str, str]] = None, *, overwrite: bool = False):
         if sys.byteorder != "little":
             raise RuntimeError("the safetensors writer needs a little-endian machine")
         self.path = Path(path)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
         header: Dict[str, object] = {}
         if metadata:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -51,9 +57,12 @@ class SafetensorsStreamWriter:
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         blob += b" " * (-len(blob) % 8)
         self._next = 0
-        self._file = open(self._tmp, "wb")
-        self._file.write(len(blob).to_bytes(8, "little"))
-        self._file.write(blob)
+        self._file = None
+        self._staged = StagedFile(self.path, overwrite=overwrite)
+        with cleanup_on_error(self.path, self.abort):
+            self._file = os.fdopen(self._staged.create(), "wb")
+            self._file.write(len(blob).to_bytes(8, "little"))
+            self._file.write(blob)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._order):
@@ -62,7 +71,8 @@ class SafetensorsStreamWriter:
         if name != expected or tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise ValueError(f"expected tensor {expected} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._file.write(memoryview(data.numpy()))
+        with cleanup_on_error(self.path, self.abort):
+            self._file.write(memoryview(data.numpy()))
         self._next += 1
 
     def close(self) -> Path:
@@ -70,15 +80,16 @@ class SafetensorsStreamWriter:
         if self._next != len(self._order):
             self.abort()
             raise ValueError(f"only {self._next} of {len(self._order)} tensors were written")
-        self._file.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        with cleanup_on_error(self.path, self.abort):
+            self._file.close()
+            return self._staged.commit()
 
     def abort(self) -> None:
         """Drop the unfinished file."""
-        if not self._file.closed:
-            self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        if self._file is not None and not self._file.closed:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._staged.discard()
 
     def __enter__(self) -> "SafetensorsStreamWriter":
         return self

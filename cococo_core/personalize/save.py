@@ -17,6 +17,7 @@ import torch
 
 from ..checkpoints import ldm_keys
 from ..hooks import CancelCheck, StepCallback, check_cancelled, report
+from ..output_files import check_output
 from .loras import lora_file
 from .plan import MergePlan, MergeRecipe
 from .report import MergeReport
@@ -61,20 +62,22 @@ def refuse_input_as_output(recipe: MergeRecipe, path) -> None:
 
 def save_merged(recipe: MergeRecipe, path, *, dtype: Optional[torch.dtype] = None,
                 metadata: Optional[Mapping[str, str]] = None, device: Union[str, torch.device] = "cpu",
-                callback: Optional[StepCallback] = None, cancel: Optional[CancelCheck] = None) -> MergeReport:
+                callback: Optional[StepCallback] = None, cancel: Optional[CancelCheck] = None,
+                overwrite: bool = False) -> MergeReport:
     """Write θ = θ_base + α·τ_ip + β·τ_p (see :mod:`.plan`) to ``path`` as an LDM single file.
 
     ``dtype``: floating-point dtype of the output (default: each weight's dtype in the inpainting
     model). ``metadata`` is added to the file's ``__metadata__`` (the merge recipe is always recorded
     under ``cococo.merge``); ``device`` is where the float32 arithmetic runs. A cancelled or failed
-    merge leaves no file behind, and an output that is one of the input files is refused.
+    merge leaves no file behind, and an output that is one of the input files is refused. An existing ``path`` is
+    replaced only with ``overwrite`` (:mod:`cococo_core.output_files`: checked before the merge starts and again
+    when the finished file takes its name, so of two merges to one new file exactly one wins).
     """
     path = Path(path)
     refuse_input_as_output(recipe, path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: the merged checkpoint is written as .safetensors; give a path ending in .safetensors")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    check_output(path, overwrite=overwrite)
     with MergePlan(recipe, dtype=dtype, device=device) as plan:
         key_map = ldm_keys.SDKeyMap.from_diffusers_keys(plan.keys)
         entries, layout = [], []
@@ -91,7 +94,7 @@ def save_merged(recipe: MergeRecipe, path, *, dtype: Optional[torch.dtype] = Non
             entries.append((ldm_keys.CLIP_POSITION_IDS, torch.int64, (1, text.shape(positions_key)[0])))
         info = {"cococo.merge": json.dumps(_recipe_metadata(recipe, plan)), "format": "pt"}
         info.update(metadata or {})
-        with SafetensorsStreamWriter(path, entries, info) as writer:
+        with SafetensorsStreamWriter(path, entries, info, overwrite=overwrite) as writer:
             total = len(entries)
             for step, (component, key, target) in enumerate(layout, 1):
                 check_cancelled(cancel)

@@ -47,8 +47,11 @@ class EMAWeights:
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in self.shadow.items()}, str(path),
-                  metadata={"steps": str(self.steps), "decay": repr(self.decay)})
+        from ..output_files import staged_file
+
+        with staged_file(path, overwrite=True) as temporary:
+            save_file({k: v.contiguous() for k, v in self.shadow.items()}, str(temporary),
+                      metadata={"steps": str(self.steps), "decay": repr(self.decay)})
 
     def load(self, path: Path) -> None:
         from safetensors import safe_open

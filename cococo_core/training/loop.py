@@ -15,7 +15,8 @@ file) sets up. What the loop does:
   the *trained* tensors only (``trainable_0.safetensors``; frozen weights are rebuilt by the recipe), EMA, and
   ``train_state.json`` (step, micro-step = data position). ``resume="latest"`` or a folder continues exactly;
 * validation samples every N steps (``recipe.validate`` on the main process, EMA weights when EMA is on);
-* at the end ``recipe.save_pretrained`` into ``output_dir/weights/step-XXXXXXXX`` (never over existing files).
+* at the end ``recipe.save_pretrained`` into ``output_dir/weights/step-XXXXXXXX`` (never over existing files),
+  staged as a whole folder (:func:`cococo_core.output_files.staged_folder`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..output_files import staged_file, staged_folder, write_json
 from .config import TrainConfig
 from .ema import EMAWeights
 from .recipe import Recipe
@@ -44,6 +46,7 @@ CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 STATE_FILE = "train_state.json"
 EMA_FILE = "ema.safetensors"
 WEIGHTS_DIR = "weights"
+ANY_FILE = re.compile(r".+")  # every file of an export folder is the export's
 
 
 @dataclass
@@ -140,7 +143,8 @@ def _install_weight_hooks(accelerator) -> None:
             for i, model in enumerate(models):
                 named = trainable_named_parameters(accelerator.unwrap_model(model))
                 tensors = {k: v.detach().contiguous().cpu() for k, v in named.items()}
-                save_file(tensors, str(Path(output_dir) / f"trainable_{i}.safetensors"))
+                with staged_file(Path(output_dir) / f"trainable_{i}.safetensors", overwrite=True) as temporary:
+                    save_file(tensors, str(temporary))
         weights.clear()
 
     def load_hook(models, input_dir):
@@ -218,7 +222,7 @@ class Trainer:
                 self.ema.save(folder / EMA_FILE)
             state = {"step": self.step, "micro_step": self.micro_step, "num_processes": self.accelerator.num_processes,
                      "train_batch_size": self.config.train_batch_size, "seed": self.config.seed}
-            (folder / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+            write_json(folder / STATE_FILE, state, overwrite=True, indent=1)
             self._rotate_checkpoints()
         self.accelerator.wait_for_everyone()
         return folder
@@ -280,8 +284,7 @@ class Trainer:
         result = TrainResult(self.step, self.micro_step)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str),
-                                                         encoding="utf-8")
+            write_json(self.output_dir / "config.json", config.to_dict(), overwrite=True, indent=1, default=str)
         if self.trackers:
             accelerator.init_trackers(config.project_name, config=_flat_config(config))
         validation_batch = None
@@ -382,8 +385,11 @@ class Trainer:
             if folder.exists() and any(folder.iterdir()):
                 log.info("%s exists already (this step was exported before); not written again", folder)
                 return sorted(p for p in folder.rglob("*") if p.is_file())
-            with (self.ema.swapped_in() if use_ema else _nothing()):
-                saved = list(self.recipe.save_pretrained(model, folder))
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            # staged as a whole: an interrupted export leaves no half folder that a later run would take as done
+            with (self.ema.swapped_in() if use_ema else _nothing()), staged_folder(folder, ANY_FILE) as staging:
+                written = list(self.recipe.save_pretrained(model, staging))
+            saved = [folder / Path(path).relative_to(staging) for path in written]
         self.accelerator.wait_for_everyone()
         return saved
 

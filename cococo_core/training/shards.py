@@ -7,10 +7,12 @@ readable by ``webdataset``/``wids`` and plain ``tar``. The training loop needs a
 a data position, the same order for any number of processes), so each ``<name>.tar`` has a ``<name>.index.json``
 listing every sample's members with their byte offset and size: reading sample ``i`` is one seek and one read,
 no tar scan, and no extra dependency. A shard counts as written only once its index exists (both are written
-under temporary names and renamed), so an interrupted preparation never leaves a half shard that looks complete.
+under unique staging names and renamed without replacing, :mod:`cococo_core.output_files`), so an interrupted
+preparation never leaves a half shard that looks complete, and two writers of one shard never blend.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,6 +21,8 @@ import time
 from bisect import bisect_right
 from pathlib import Path
 from typing import Mapping
+
+from ..output_files import StagedFile, cleanup_on_error, write_json
 
 INDEX_SUFFIX = ".index.json"
 FORMAT = "cococo-shard-1"
@@ -37,9 +41,12 @@ class ShardWriter:
         if path.exists() or index_path(path).exists():
             raise FileExistsError(f"{path} exists already; shards are never overwritten")
         self.path = path
-        self.partial = path.with_name(path.name + ".partial")
-        self._tar = tarfile.open(self.partial, "w")
         self.samples: list[dict] = []
+        self._file = None
+        self._staged = StagedFile(path)
+        with cleanup_on_error(path, self.abort):
+            self._file = os.fdopen(self._staged.create(), "wb")
+            self._tar = tarfile.open(fileobj=self._file, mode="w")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -56,29 +63,34 @@ class ShardWriter:
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-            self._tar.addfile(info, io.BytesIO(data))
+            with cleanup_on_error(self.path, self.abort):  # a full disk names the shard
+                self._tar.addfile(info, io.BytesIO(data))
             padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE  # data blocks follow the header
             entry["members"][ext] = [self._tar.offset - padded, len(data)]
         self.samples.append(entry)
 
     def close(self) -> Path:
-        self._tar.close()
-        index = index_path(self.path)
-        partial_index = index.with_name(index.name + ".partial")
-        partial_index.write_text(json.dumps({"format": FORMAT, "shard": self.path.name, "samples": self.samples}),
-                                 encoding="utf-8")
-        os.replace(self.partial, self.path)
-        os.replace(partial_index, index)
+        with cleanup_on_error(self.path, self.abort):
+            self._tar.close()
+            self._file.close()
+            self._staged.commit()
+        write_json(index_path(self.path), {"format": FORMAT, "shard": self.path.name, "samples": self.samples})
         return self.path
 
     def abort(self) -> None:
-        self._tar.close()
-        self.partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError, AttributeError):
+            self._tar.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._staged.discard()
 
 
-def remove_partial(folder: Path) -> list[Path]:
-    """Delete the ``*.partial`` leftovers of an interrupted writer; returns what was removed."""
-    removed = sorted(Path(folder).glob("*.partial"))
+def remove_partial(folder: Path, prefix: str = "") -> list[Path]:
+    """Delete the leftovers of interrupted writers whose shard names start with ``prefix`` (staging files
+    ``.<name>.partial-*``, and ``<name>.partial`` from earlier versions); returns what was removed."""
+    folder = Path(folder)
+    removed = sorted({*folder.glob(f"{prefix}*.partial"), *folder.glob(f".{prefix}*.partial-*")})
     for path in removed:
         path.unlink(missing_ok=True)
     return removed

@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...output_files import write_json
 from ..shards import ShardReader, ShardWriter, complete_shards, index_path, remove_partial
 
 log = logging.getLogger(__name__)
 
 SKIP_LOG = "skipped-r{rank:03d}.jsonl"
-SHARD_NAME = "r{rank:03d}-{number:06d}.tar"
+SHARD_PREFIX = "r{rank:03d}-"  # the shards of one rank
+SHARD_NAME = SHARD_PREFIX + "{number:06d}.tar"
 
 
 @dataclass
@@ -258,7 +260,7 @@ def done_keys(output: Path) -> set[str]:
 
 
 def next_shard_number(output: Path, rank: int) -> int:
-    prefix = f"r{rank:03d}-"
+    prefix = SHARD_PREFIX.format(rank=rank)
     numbers = [int(p.name[len(prefix):-len(".tar")]) for p in output.glob(f"{prefix}*.tar")]
     return max(numbers, default=-1) + 1
 
@@ -284,7 +286,7 @@ def prepare(options: PrepareOptions, detector=None) -> dict:
     options.validate()
     output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
-    for leftover in remove_partial(output):
+    for leftover in remove_partial(output, SHARD_PREFIX.format(rank=options.rank)):
         log.info("removed the unfinished shard %s (its videos are redone)", leftover.name)
     rows = read_webvid_csv(options.csv)[: options.limit]
     done = done_keys(output)
@@ -332,6 +334,6 @@ def prepare(options: PrepareOptions, detector=None) -> dict:
                            "written": stats.written, "skipped": dict(stats.skipped), "seconds": round(stats.seconds, 3),
                            "videos_per_minute": round(60 * stats.seen / stats.seconds, 2) if stats.seconds else None,
                            "text_encoder_calls": annotator.text_calls if annotator else 0}
-    (output / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    (output / "prepare_options.json").write_text(json.dumps(asdict(options), indent=1), encoding="utf-8")
+    write_json(output / "summary.json", summary, overwrite=True, indent=1)
+    write_json(output / "prepare_options.json", asdict(options), overwrite=True, indent=1)
     return summary

@@ -245,6 +245,7 @@ class CoCoCoRecipe:
         """DDIM samples of the validation clips (the pack's sampler), written as [input | masked | output] videos."""
         from ...pipeline.conditioning import decode_latents
         from ...pipeline.sampler import denoise
+        from ...output_files import write_text
         from ...video_io import write_video
 
         pixels, mask = batch["pixels"].float(), batch["mask"].float()
@@ -267,6 +268,6 @@ class CoCoCoRecipe:
             panel = torch.cat([flat.cpu(), (flat * (1 - flat_mask)).cpu(), out], dim=3)
             path = Path(directory) / f"step{step:08d}-{b}.mp4"
             write_video(path, panel.permute(0, 2, 3, 1), 8.0)
-            (Path(directory) / f"step{step:08d}-{b}.txt").write_text(batch["prompt"][b] + "\n", encoding="utf-8")
+            write_text(Path(directory) / f"step{step:08d}-{b}.txt", batch["prompt"][b] + "\n", overwrite=True)
             files.append(path)
         return files

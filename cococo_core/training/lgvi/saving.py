@@ -14,12 +14,12 @@ same chat model folder it was trained from.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from ...output_files import staged_file, write_json
 from .unet_init import official_unet_config
 
 
@@ -36,9 +36,10 @@ def save_lgvi_folder(model, directory: str | Path) -> list[Path]:
     _refuse_existing(directory, parts + ["llava"])
     (directory / "unet").mkdir(parents=True)
     config_path = directory / "unet" / "config.json"
-    config_path.write_text(json.dumps(official_unet_config(model.unet.config), indent=2))
+    write_json(config_path, official_unet_config(model.unet.config), indent=2)
     weights = directory / "unet" / "diffusion_pytorch_model.safetensors"
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.unet.state_dict().items()}, str(weights))
+    with staged_file(weights) as temporary:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in model.unet.state_dict().items()}, str(temporary))
     model.vae.save_pretrained(directory / "vae", safe_serialization=True)
     model.scheduler.save_config(directory / "scheduler")
     index = {"_class_name": "RoviPipeline", "_diffusers_version": "0.21.4", "unet": ["diffusers", "UNet2DConditionModel"],
@@ -47,7 +48,7 @@ def save_lgvi_folder(model, directory: str | Path) -> list[Path]:
         model.text_encoder.save_pretrained(directory / "text_encoder", safe_serialization=True)
         model.tokenizer.save_pretrained(directory / "tokenizer")
         index.update(text_encoder=["transformers", "CLIPTextModel"], tokenizer=["transformers", "CLIPTokenizer"])
-    (directory / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_json(directory / "model_index.json", index, indent=2)
     return sorted(path for path in directory.rglob("*") if path.is_file())
 
 
