@@ -1,5 +1,8 @@
 """Safe reading of untrusted checkpoint files.
 
+Every floating tensor is checked for NaN / infinity as it is read (:mod:`.finite`); a damaged one is refused
+with a :class:`NonFiniteWeightsError` naming the file and the tensor.
+
 Formats:
 
 * ``.safetensors`` (preferred): 8-byte little-endian header length, a JSON header (``dtype``, ``shape``,
@@ -29,6 +32,9 @@ from typing import Iterator, Mapping, Optional
 
 import torch
 
+from .errors import CheckpointError, NonFiniteWeightsError, UnsafeCheckpointError
+from .finite import check_tensor
+
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -41,15 +47,11 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable, unsafe, or not what was expected. The message names the file."""
+__all__ = ["CheckpointError", "NonFiniteWeightsError", "StateReader", "UnsafeCheckpointError", "load_state_dict",
+           "open_state", "read_metadata"]
 
 
-class UnsafeCheckpointError(CheckpointError):
-    """A pickle checkpoint asked for a Python object outside torch's weights-only allow-list."""
-
-
-def _sniff(path: Path) -> str:
+def sniff(path: Path) -> str:
     """'zip' | 'pickle' | 'safetensors' from the first bytes; raises CheckpointError otherwise."""
     with open(path, "rb") as handle:
         head = handle.read(9)
@@ -66,6 +68,11 @@ def _sniff(path: Path) -> str:
         f"{path}: not a checkpoint (neither a .safetensors header nor a torch pickle); "
         "expected a .safetensors or .ckpt/.pt/.pth/.bin file"
     )
+
+
+def misnamed_pickle_error(path: Path, kind: str) -> CheckpointError:
+    return CheckpointError(f"{path}: named .safetensors but it is a torch pickle ({kind} format); rename it to .ckpt "
+                           "(it is then read weights-only) or convert it to .safetensors with a tool you trust")
 
 
 def _safetensors_error(path: Path, error: Exception) -> CheckpointError:
@@ -96,9 +103,11 @@ def _unsupported_global(error: Exception) -> Optional[str]:
 
 
 def _torch_load(path: Path, device) -> object:
-    kind = _sniff(path)
+    kind = sniff(path)
     if kind == "safetensors":
         raise CheckpointError(f"{path}: this is a safetensors file, not a pickle")
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:  # torch.load would hand it to safetensors by its name
+        raise misnamed_pickle_error(path, kind)
     if kind == "zip" and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: this torch checkpoint is truncated or corrupt (its zip directory is missing)")
     placeholders: list[str] = []
@@ -158,20 +167,19 @@ def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
     :class:`UnsafeCheckpointError` (pickle needing non-allow-listed globals; never executed).
     """
     path = _existing(path)
-    if _sniff(path) == "safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device=str(device))
-        except Exception as error:  # safetensors raises its own SafetensorError / OSError types
-            raise _safetensors_error(path, error) from None
-    return _unwrap(_torch_load(path, device), path)
+    if sniff(path) == "safetensors":
+        with _SafetensorsReader(path, str(device)) as reader:
+            return {key: reader.get(key) for key in reader.keys()}
+    state = _unwrap(_torch_load(path, device), path)
+    for key, tensor in state.items():
+        check_tensor(tensor, path, key)
+    return state
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``__metadata__`` string map of a safetensors file ({} for pickles or when absent)."""
     path = _existing(path)
-    if _sniff(path) != "safetensors":
+    if sniff(path) != "safetensors":
         return {}
     with open(path, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
@@ -261,9 +269,10 @@ class _SafetensorsReader(StateReader):
         if key not in self._keys:
             raise self._missing(key)
         try:
-            return self._file.get_tensor(key)
-        except Exception as error:
+            tensor = self._file.get_tensor(key)
+        except Exception as error:  # safetensors raises its own SafetensorError / OSError types
             raise _safetensors_error(self.path, error) from None
+        return check_tensor(tensor, self.path, key)
 
     def close(self) -> None:
         self._file = None
@@ -282,16 +291,19 @@ class _MemoryReader(StateReader):
         return key in self._state
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.get(key).shape)
+        return tuple(self._tensor(key).shape)
 
     def dtype(self, key: str) -> torch.dtype:
-        return self.get(key).dtype
+        return self._tensor(key).dtype
 
-    def get(self, key: str) -> torch.Tensor:
+    def _tensor(self, key: str) -> torch.Tensor:
         try:
             return self._state[key]
         except KeyError:
             raise self._missing(key) from None
+
+    def get(self, key: str) -> torch.Tensor:
+        return check_tensor(self._tensor(key), self.path, key)
 
     def close(self) -> None:
         self._state = {}
@@ -300,6 +312,6 @@ class _MemoryReader(StateReader):
 def open_state(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> StateReader:
     """Open a checkpoint for streaming (see :class:`StateReader`). Same errors as :func:`load_state_dict`."""
     path = _existing(path)
-    if _sniff(path) == "safetensors":
+    if sniff(path) == "safetensors":
         return _SafetensorsReader(path, str(device))
     return _MemoryReader(path, _unwrap(_torch_load(path, device), path))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..checkpoints.base import read_weight_folder
+from ..checkpoints.pretrained import load_pretrained
 from ..checkpoints.safe_load import load_state_dict
 from ..checkpoints.keys import compare_keys, shapes_of
 from .unet_loading import CheckpointKeyError
@@ -82,10 +83,14 @@ def _from_pretrained_hf(path, device, dtype, quantization):
     kwargs = {}
     if quantization:
         kwargs.update(quantization_config=_bnb_config(quantization, dtype), device_map={"": torch.device(device).index or 0})
-    try:
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **kwargs)
-    except TypeError:  # transformers 4.x spells it torch_dtype
-        model = LlavaForConditionalGeneration.from_pretrained(path, torch_dtype=dtype, **kwargs)
+
+    def load(folder):
+        try:
+            return LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, **kwargs)
+        except TypeError:  # transformers 4.x spells it torch_dtype
+            return LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=dtype, **kwargs)
+
+    model = load_pretrained(load, path)
     return model if quantization else model.to(device)
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import validation
+from ..checkpoints.pretrained import load_pretrained
 from ..hooks import check_cancelled, report
 from ..pipeline.text import warn_truncated
 from ..windows import blend_windows, plan_windows
@@ -102,14 +103,16 @@ class LGVIPipeline:
             raise FileNotFoundError(f"LGVI checkpoint folder not found: {path}")
         device, dtype = default_device_dtype(device, dtype)
         unet = load_lgvi_unet(path, device=device, dtype=dtype, strict=strict)
-        vae = AutoencoderKL.from_pretrained(_subfolder(path, "vae"), low_cpu_mem_usage=_accelerate_available())
+        vae = load_pretrained(AutoencoderKL.from_pretrained, _subfolder(path, "vae"),
+                              low_cpu_mem_usage=_accelerate_available())
         vae = _move(vae, device=device, dtype=dtype).eval()
         encoder = tokenizer = None
         if text_encoder:
             from transformers import CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
 
             tokenizer = CLIPTokenizer.from_pretrained(_subfolder(path, "tokenizer"))
-            encoder = CLIPTextModel.from_pretrained(_subfolder(path, "text_encoder")).to(device=device, dtype=dtype).eval()
+            encoder = load_pretrained(CLIPTextModel.from_pretrained, _subfolder(path, "text_encoder"))
+            encoder = encoder.to(device=device, dtype=dtype).eval()
         return cls(unet, vae, load_scheduler(path), encoder, tokenizer)
 
     @torch.no_grad()

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints.keys import compare_keys, shapes_of
+from ..checkpoints.pretrained import load_pretrained
 from . import convert_dino, convert_sam
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def load_segmenter(path: str | os.PathLike, *, device="cpu", dtype=torch.float32
     if path.is_dir():
         if _hf_model_type(path) != "sam":
             raise ValueError(f"{path}: not a Hugging Face SAM folder (config.json with model_type 'sam' expected)")
-        model = SamModel.from_pretrained(str(path), local_files_only=True)
+        model = load_pretrained(SamModel.from_pretrained, path, local_files_only=True)
         return Segmenter(_finish(model, device, dtype), convert_sam.sam_variant(model.config), str(path))
     state = read_checkpoint(path)
     if not convert_sam.is_original_sam(state):
@@ -172,7 +173,7 @@ def load_detector(path: str | os.PathLike, *, bert: str | os.PathLike | None = N
         if _hf_model_type(path) != "grounding-dino":
             raise ValueError(f"{path}: not a Hugging Face GroundingDINO folder (config.json with model_type "
                              "'grounding-dino' expected)")
-        model = GroundingDinoForObjectDetection.from_pretrained(str(path), local_files_only=True)
+        model = load_pretrained(GroundingDinoForObjectDetection.from_pretrained, path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(str(bert or path), local_files_only=True)
         return Detector(_finish(model, device, dtype), tokenizer, convert_dino.grounding_dino_variant(model.config),
                         str(path))

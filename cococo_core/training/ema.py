@@ -54,12 +54,12 @@ class EMAWeights:
                       metadata={"steps": str(self.steps), "decay": repr(self.decay)})
 
     def load(self, path: Path) -> None:
-        from safetensors import safe_open
+        from ..checkpoints.safe_load import open_state
 
-        with safe_open(str(path), framework="pt") as f:
+        with open_state(path) as f:
             missing = sorted(set(self.shadow) - set(f.keys()))
             if missing:
                 raise ValueError(f"{path}: EMA weights lack {len(missing)} trained tensors, e.g. {missing[:3]}")
             for name in self.shadow:
-                self.shadow[name] = f.get_tensor(name).float()
-            self.steps = int((f.metadata() or {}).get("steps", 0))
+                self.shadow[name] = f.get(name).float()
+            self.steps = int(f.metadata.get("steps", 0))

@@ -134,7 +134,9 @@ def resolve_resume(config: TrainConfig) -> Path | None:
 def _install_weight_hooks(accelerator) -> None:
     """Accelerate saves the whole model by default; here only the trained tensors are written and read back
     (the frozen ones come from the base weights the recipe loads). DeepSpeed / FSDP keep their own formats."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from ..checkpoints.safe_load import load_state_dict
 
     def save_hook(models, weights, output_dir):
         if len(weights) != len(models):
@@ -153,7 +155,7 @@ def _install_weight_hooks(accelerator) -> None:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: the checkpoint has no trained weights")
             named = trainable_named_parameters(accelerator.unwrap_model(model))
-            state = load_file(str(path))
+            state = load_state_dict(path)
             if set(state) != set(named):
                 raise ValueError(f"{path}: trained tensors differ from this model's "
                                  f"({len(set(named) - set(state))} missing, {len(set(state) - set(named))} unexpected)")

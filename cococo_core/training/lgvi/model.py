@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...checkpoints.pretrained import load_pretrained
 from ...lgvi.chat import LGVIChat, _llava_parts
 from ...lgvi.clip_image import to_pil
 from ...lgvi.llava_loading import apply_lgvi_weights, load_lgvi_mllm_weights, load_llava
@@ -54,13 +55,13 @@ def load_frozen_parts(path: str | os.PathLike, text_encoder: bool = True):
     from diffusers import AutoencoderKL  # noqa: PLC0415
 
     path = Path(path)
-    vae = _frozen(AutoencoderKL.from_pretrained(path / "vae"))
+    vae = _frozen(load_pretrained(AutoencoderKL.from_pretrained, path / "vae"))
     encoder = tokenizer = None
     if text_encoder:
         from transformers import CLIPTextModel, CLIPTokenizer  # noqa: PLC0415
 
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
-        encoder = _frozen(CLIPTextModel.from_pretrained(path / "text_encoder"))
+        encoder = _frozen(load_pretrained(CLIPTextModel.from_pretrained, path / "text_encoder"))
     return vae, encoder, tokenizer, load_scheduler(path)
 
 
