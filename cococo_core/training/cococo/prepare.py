@@ -14,12 +14,14 @@ For each video of a WebVid CSV (columns ``videoid``, ``name`` = caption, ``page_
 Resumable: videos already in a finished shard or in a ``skipped-*.jsonl`` log are not redone; an interrupted
 shard is discarded and its videos redone. Shardable: process ``rank`` of ``world_size`` takes rows
 ``rank, rank + world_size, ...`` (``RANK``/``WORLD_SIZE`` from ``accelerate launch``/``torchrun``, or given);
-shard names carry the rank. A video that cannot be read is logged, counted and skipped, never fatal. The totals
-(written, skipped by reason, without objects) are recomputed from the shards and logs into ``summary.json``.
+shard names carry the rank. A video that cannot be read is logged, counted and skipped, never fatal. Each rank
+records its run in ``run-rNNN.json``; once every rank has finished, rank 0 writes ``summary.json``: the totals
+(written, skipped by reason, without objects) recomputed from every rank's shards and logs, and every rank's run.
 """
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import logging
 import os
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 SKIP_LOG = "skipped-r{rank:03d}.jsonl"
 SHARD_PREFIX = "r{rank:03d}-"  # the shards of one rank
 SHARD_NAME = SHARD_PREFIX + "{number:06d}.tar"
+RUN_RECORD = "run-r{rank:03d}.json"  # one rank's counts of its last run
+BARRIER_TIMEOUT = datetime.timedelta(hours=48)
 
 
 @dataclass
@@ -329,11 +333,50 @@ def prepare(options: PrepareOptions, detector=None) -> dict:
         if annotator is not None:
             annotator.close()
     stats.seconds = time.perf_counter() - started
-    summary = summarize(output)
-    summary["this_run"] = {"rank": options.rank, "world_size": options.world_size, "seen": stats.seen,
-                           "written": stats.written, "skipped": dict(stats.skipped), "seconds": round(stats.seconds, 3),
-                           "videos_per_minute": round(60 * stats.seen / stats.seconds, 2) if stats.seconds else None,
-                           "text_encoder_calls": annotator.text_calls if annotator else 0}
+    this_run = {"rank": options.rank, "world_size": options.world_size, "seen": stats.seen,
+                "written": stats.written, "skipped": dict(stats.skipped), "seconds": round(stats.seconds, 3),
+                "videos_per_minute": round(60 * stats.seen / stats.seconds, 2) if stats.seconds else None,
+                "text_encoder_calls": annotator.text_calls if annotator else 0}
+    write_json(output / RUN_RECORD.format(rank=options.rank), this_run, overwrite=True, indent=1)
+    if _wait_for_every_rank(options) and options.rank != 0:
+        return {**summarize(output), "this_run": this_run}  # rank 0 writes the summary of all ranks
+    summary = {**summarize(output), "this_run": this_run, "ranks": _run_records(output, options.world_size)}
     write_json(output / "summary.json", summary, overwrite=True, indent=1)
     write_json(output / "prepare_options.json", asdict(options), overwrite=True, indent=1)
     return summary
+
+
+def _run_records(output: Path, world_size: int) -> dict[str, dict]:
+    """The last run record of each rank of this world size (``run-rNNN.json``), by rank."""
+    records = {}
+    for rank in range(world_size):
+        path = output / RUN_RECORD.format(rank=rank)
+        if path.is_file():
+            records[str(rank)] = json.loads(path.read_text(encoding="utf-8"))
+    return records
+
+
+def _wait_for_every_rank(options: PrepareOptions) -> bool:
+    """Block until every rank has finished; True when that could be known (a launcher started the ranks).
+
+    Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE``, ``RANK`` and ``MASTER_ADDR`` set) the ranks meet
+    in a gloo barrier (CPU-only: the detector's GPUs are not needed to wait); ranks finish hours apart on
+    uneven videos, hence the long timeout. Ranks given by hand (``--rank`` / ``--world-size``) cannot meet:
+    then each finishing rank rewrites ``summary.json`` and its ``ranks`` lists the ranks finished so far."""
+    if options.world_size == 1:
+        return True
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        return True
+    launched = (os.environ.get("WORLD_SIZE") == str(options.world_size) and os.environ.get("RANK") == str(options.rank)
+                and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ)
+    if not (launched and dist.is_available()):
+        return False
+    dist.init_process_group("gloo", rank=options.rank, world_size=options.world_size, timeout=BARRIER_TIMEOUT)
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return True
