@@ -10,7 +10,9 @@ Sources (all read as RGB uint8 (F, H, W, 3)):
 
 Frames are picked as ``start, start + stride, ...`` up to ``max_frames``; the frame rate of a video
 is kept (divided by ``stride``, so the clip plays at its real speed). Masks come from the same kinds of
-source: luminance in [0, 1], binarized at ``threshold`` (``None`` keeps the grey levels as a soft mask).
+source: luminance in [0, 1], binarized at ``threshold`` (``None`` keeps the grey levels as a soft mask); a mask
+image drawn only in its alpha channel is read from the alpha, transparent = fill (ComfyUI's Load Image rule).
+An image that cannot be decoded (truncated, corrupt) is an error naming the file.
 
 Writing: .mp4/.m4v/.mov/.mkv (H.264, yuv420p; yuv444p when a side is odd, which 4:2:0 cannot hold),
 .webm (VP9), .gif (Pillow; frame durations are whole 1/100 s, so its fps is approximate), or a folder
@@ -132,19 +134,32 @@ def _check_selection(stride: int, start: int, max_frames: int | None) -> None:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
 
 
+def _read_image(file: Path, mode: str) -> np.ndarray:
+    """One image file as ``mode`` ("RGB" or "RGBA": opaque where it has no alpha); errors name the file."""
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        with Image.open(file) as image:
+            return np.asarray(image.convert(mode))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read the image {file}: {error}") from None
+
+
 def read_frames(source: str | os.PathLike, *, stride: int = 1, start: int = 0, max_frames: int | None = None) -> Clip:
     """Read RGB frames from a video, image folder, glob pattern or image (see the module docstring)."""
+    return _read_clip(source, stride=stride, start=start, max_frames=max_frames, mode="RGB")
+
+
+def _read_clip(source, *, stride: int, start: int, max_frames: int | None, mode: str) -> Clip:
+    """:func:`read_frames`; ``mode="RGBA"`` keeps the alpha of image files (videos come back opaque)."""
     _check_selection(stride, start, max_frames)
     source = os.fspath(source)
     files = _image_files(source)
     frames: list[np.ndarray] = []
     if files is not None:
-        from PIL import Image  # noqa: PLC0415
-
         chosen = [f for i, f in enumerate(files) if _picked(i, start, stride)][:max_frames]
         for file in chosen:
-            with Image.open(file) as image:
-                frames.append(np.asarray(image.convert("RGB")))
+            frames.append(_read_image(file, mode))
         fps = None
     else:
         iterator, fps, reader = _iter_video(source)
@@ -156,7 +171,8 @@ def read_frames(source: str | os.PathLike, *, stride: int = 1, start: int = 0, m
                     break
                 decoded = index + 1
                 if _picked(index, start, stride):
-                    frames.append(_rgb(np.asarray(frame)))
+                    rgb = _rgb(np.asarray(frame))
+                    frames.append(rgb if mode == "RGB" else np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))
             if complete and reader is not None:
                 _warn_if_truncated(source, reader, decoded)
         finally:
@@ -174,14 +190,35 @@ def read_frames(source: str | os.PathLike, *, stride: int = 1, start: int = 0, m
 def read_mask(source: str | os.PathLike, *, stride: int = 1, start: int = 0, max_frames: int | None = None,
               threshold: float | None = 0.5) -> np.ndarray:
     """float32 (F, H, W) mask in [0, 1] (1 = fill) from the luminance of a video / image sequence;
-    binarized at ``threshold`` (luminance >= threshold), or the grey levels when ``threshold`` is None."""
+    binarized at ``threshold`` (luminance >= threshold), or the grey levels when ``threshold`` is None.
+
+    A mask image whose colours give an empty mask but which has transparent pixels (a mask drawn only in
+    the alpha channel) is read from its alpha as ComfyUI's Load Image reads it: 1 − alpha, transparent = fill,
+    with a warning; where colours and transparency both mark regions, the colours are used and a warning
+    says the alpha was ignored."""
     if threshold is not None and not 0 <= threshold <= 1:
         raise ValueError(f"mask threshold must be in [0, 1], got {threshold}")
-    frames = read_frames(source, stride=stride, start=start, max_frames=max_frames).frames.astype(np.float32)
-    luma = (frames @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+    rgba = _read_clip(source, stride=stride, start=start, max_frames=max_frames, mode="RGBA").frames
+    luma = (rgba[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+    masks = _levels(luma, threshold)
+    transparent = 1.0 - rgba[..., 3].astype(np.float32) / 255.0
+    drawn_in_alpha = [i for i in range(len(masks)) if not masks[i].any() and transparent[i].any()]
+    if drawn_in_alpha:
+        masks[drawn_in_alpha] = _levels(transparent[drawn_in_alpha], threshold)
+        logger.warning("%s: %d mask frame(s) are empty in colour but have transparent pixels; they were read from "
+                       "the alpha channel, transparent = fill, as ComfyUI's Load Image does", source, len(drawn_in_alpha))
+    ignored = sum(1 for i in range(len(masks)) if i not in drawn_in_alpha and transparent[i].any())
+    if ignored:
+        logger.warning("%s: %d mask frame(s) have transparent pixels that were ignored: the mask is read from "
+                       "their colours (white = fill); save the mask without transparency to silence this",
+                       source, ignored)
+    return masks
+
+
+def _levels(values: np.ndarray, threshold: float | None) -> np.ndarray:
     if threshold is None:
-        return np.clip(luma, 0, 1)
-    return (luma >= threshold).astype(np.float32)
+        return np.clip(values, 0, 1).astype(np.float32)
+    return (values >= threshold).astype(np.float32)
 
 
 FRAME_FILE = re.compile(r"frame_\d{5,}\.png")  # the files a PNG-folder output is made of

@@ -115,6 +115,7 @@ class CoCoCoMaskFromText:
                               detect_every=detect_every, grow=grow, fill_holes=fill_holes,
                               temporal_smooth=temporal_smooth, feather=feather,
                               detection_short_side=detection_size)
+        options.validate({"detection_short_side": "detection_size"})  # the node's own input names
         frames = frames_in(images)
         models = [grounding_dino.model] + ([sam.model] if sam is not None else [])
         with modules_on_device(models):

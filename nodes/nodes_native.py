@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import comfy_adapter as comfy
-from .common import CATEGORY, check_model, files_changed, mask_for_video, model_input, resize_mask_input
+from .common import CATEGORY, check_model, files_changed, frames_in, mask_for_video, model_input, resize_mask_input
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,10 @@ class CoCoCoVideoInpaintConditioning:
                    "along the batch, which the motion modules read as time.")
 
     def encode(self, positive, negative, vae, images, mask, resize_mask=False):
-        return _native().video_inpaint_conditioning(positive, negative, vae, images,
-                                                    mask_for_video(mask, images, resize_mask).to(images.device))
+        device = images.device
+        mask = mask_for_video(mask, images, resize_mask).to(device)
+        images = frames_in(images).to(device)  # NaN and 0..255 floats refused (mask_for_video checks the mask)
+        return _native().video_inpaint_conditioning(positive, negative, vae, images, mask)
 
 
 class CoCoCoTaskVector:

@@ -71,7 +71,7 @@ def test_mask_command_errors_are_one_line(tmp_path, capsys):
     assert "--segmenter is required" in capsys.readouterr().err
     assert cli.main(["mask", "--video", str(tmp_path), "--text", "dog", "--detector", str(dino_original),
                      "--box-mode", "--out", str(tmp_path / "o"), "--chunk-size", "0"]) == 2
-    assert "chunk_size must be at least 1" in capsys.readouterr().err
+    assert "--chunk-size must be >= 1" in capsys.readouterr().err
 
 
 def test_every_option_has_help():

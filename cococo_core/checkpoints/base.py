@@ -275,12 +275,29 @@ def load_tokenizer(tokenizer: Any) -> Any:
     if not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     folder = Path(tokenizer)
-    missing = [f for f in ("vocab.json", "merges.txt") if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"tokenizer folder {folder} lacks {' and '.join(missing)}; {TOKENIZER_HINT}")
+    check_tokenizer_source(folder, folder)
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def check_tokenizer_source(source: str | os.PathLike, tokenizer: Any = None, option: str = "tokenizer=") -> None:
+    """Refuse, before anything loads, a base without a tokenizer: a single file needs ``tokenizer`` (named
+    ``option`` in the message, e.g. ``--tokenizer``), a folder needs a ``tokenizer/`` of its own or ``tokenizer``;
+    a tokenizer folder given must hold ``vocab.json`` and ``merges.txt``."""
+    path = Path(source)
+    hint = TOKENIZER_HINT.replace("pass tokenizer=", f"pass {option}")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        folder = Path(tokenizer)
+        missing = [f for f in ("vocab.json", "merges.txt") if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"tokenizer folder {folder} lacks {' and '.join(missing)}; {hint}")
+    if tokenizer is not None:
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path} is a single-file checkpoint and has no tokenizer; {hint}")
+    if not (path / "tokenizer").is_dir():
+        raise FileNotFoundError(f"{path} has no tokenizer/ folder; {hint}")
 
 
 def load_sd_components(source: str | os.PathLike, *,
@@ -302,10 +319,7 @@ def load_sd_components(source: str | os.PathLike, *,
     models = tuple(c for c in components if c != "tokenizer")
     loaded = SDComponents()
     if "tokenizer" in components:
-        if tokenizer is None and not path.is_dir():
-            raise ValueError(f"{path.name} is a single-file checkpoint and has no tokenizer; {TOKENIZER_HINT}")
-        if tokenizer is None and not (path / "tokenizer").is_dir():
-            raise FileNotFoundError(f"{path} has no tokenizer/ folder; {TOKENIZER_HINT}")
+        check_tokenizer_source(path, tokenizer)
     total = len(models) + 1
     state = load_sd_state(path, components=models, use_ema=use_ema, require_in_channels=require_in_channels,
                           cancel=cancel)

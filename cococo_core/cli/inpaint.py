@@ -119,13 +119,17 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from ..attention import attention_backend  # noqa: PLC0415
+    from ..checkpoints.base import check_tokenizer_source  # noqa: PLC0415
     from ..pipeline import CoCoCoPipeline  # noqa: PLC0415
+    from ..pipeline import memory  # noqa: PLC0415
+    from ..pipeline.conditioning import tiling_wanted  # noqa: PLC0415
     from ..pipeline.frames import plan_geometry  # noqa: PLC0415
     from ..video_io import check_output, read_frames, read_mask, write_video  # noqa: PLC0415
 
     # every argument and path is checked before a model loads
     device, dtype = device_and_dtype(args.device, args.dtype)
     require_paths(base=args.base, motion=args.motion, tokenizer=args.tokenizer)
+    check_tokenizer_source(args.base, args.tokenizer, "--tokenizer")
     inputs = (args.video, args.mask, args.base, args.motion, args.tokenizer)
     check_output(args.out, args.fps or DEFAULT_FPS, overwrite=args.overwrite, inputs=inputs)
     if args.context_length is not None and args.context_overlap is not None \
@@ -141,10 +145,16 @@ def run(args: argparse.Namespace) -> int:
     if mask.shape[1:] != clip.frames.shape[1:3]:
         raise ValueError(f"mask frames are {mask.shape[2]}x{mask.shape[1]} but video frames are "
                          f"{clip.frames.shape[2]}x{clip.frames.shape[1]}")
-    plan_geometry(*clip.frames.shape[1:3], work_width=args.width, work_height=args.height,
-                  size_multiple=args.size_multiple)
+    geometry = plan_geometry(*clip.frames.shape[1:3], work_width=args.width, work_height=args.height,
+                             size_multiple=args.size_multiple)
     fps = args.fps or clip.fps or DEFAULT_FPS
     vae_dtype = getattr(torch, DTYPES[args.vae_dtype]) if args.vae_dtype else None
+    tiling = {"auto": None, "on": True, "off": False}[args.vae_tiling]
+    memory.check(memory.cococo(clip.frames.shape[0], geometry.padded_hw, dtype=dtype, vae_dtype=vae_dtype,
+                               vae_chunk=args.vae_chunk, vae_tiled=tiling_wanted(geometry.padded_hw, tiling),
+                               context_length=args.context_length, split_cfg=args.split_cfg,
+                               guidance_scale=args.guidance), device,
+                 options="--width/--height (or --size-multiple, --vae-chunk, --context-length)")
     logger.info("%d frames of %dx%d at %.3g fps; loading models on %s (%s)", clip.frames.shape[0],
                 clip.frames.shape[2], clip.frames.shape[1], fps, device, str(dtype).removeprefix("torch."))
 
@@ -153,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
                                           vae_dtype=vae_dtype, offload=args.offload, vae_chunk=args.vae_chunk,
                                           compile_unet=args.compile)
     loaded = time.perf_counter()
-    tiling = {"auto": None, "on": True, "off": False}[args.vae_tiling]
     with tqdm(total=args.steps, desc="inpainting", unit="step") as bar, attention_backend(args.attention):
         frames = pipe(clip.frames, mask, args.prompt, args.negative_prompt, args.steps, args.guidance, args.seed,
                       width=args.width, height=args.height, size_multiple=args.size_multiple,

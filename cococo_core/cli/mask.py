@@ -15,6 +15,11 @@ from .args import add_device_arguments, add_frame_selection, add_overwrite, devi
 
 log = logging.getLogger(__name__)
 DEFAULT_FPS = 8.0  # for image sequences, which carry no frame rate
+# MaskOptions fields -> the options typed, for the validation messages
+OPTION_NAMES = {"box_threshold": "--box-threshold", "text_threshold": "--text-threshold",
+                "detect_every": "--detect-every", "max_boxes": "--max-boxes", "grow": "--grow",
+                "temporal_smooth": "--temporal-smooth", "feather": "--feather", "chunk_size": "--chunk-size",
+                "detection_short_side": "--detection-size", "preprocessing": "--preprocessing"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..masks.detect import split_phrases
     from ..masks.loading import load_detector, load_segmenter
     from ..masks.preview import draw_preview
     from ..masks.text_masks import MaskOptions, masks_from_text
@@ -91,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         temporal_smooth=args.temporal_smooth, feather=args.feather, chunk_size=args.chunk_size,
         detection_short_side=args.detection_size, preprocessing=args.preprocessing,
     )
-    options.validate()
+    options.validate(OPTION_NAMES)
+    split_phrases(args.text, "--text")
     if not args.box_mode and not args.segmenter:
         raise ValueError("--segmenter is required (a SAM folder or sam_vit_*.pth) unless --box-mode is given")
     if not Path(args.video).exists() and not any(ch in str(args.video) for ch in "*?["):

@@ -109,9 +109,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from ..attention import attention_backend  # noqa: PLC0415
+    from ..lgvi.guidance import guidance_enabled  # noqa: PLC0415
     from ..lgvi.video_tensor import work_size  # noqa: PLC0415
     from ..output_files import check_distinct, write_text  # noqa: PLC0415
     from ..output_files import check_output as check_file  # noqa: PLC0415
+    from ..pipeline import memory  # noqa: PLC0415
     from ..video_io import check_output, read_frames, write_video  # noqa: PLC0415
 
     # every argument and path is checked before a model loads
@@ -144,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
     clip = read_frames(args.video, start=args.start, stride=args.stride, max_frames=args.max_frames)
     fps = args.fps or clip.fps or DEFAULT_FPS
     frames = torch.from_numpy(clip.frames)
+    work_hw = work_size(*clip.frames.shape[1:3], None if args.native_size else (args.width, args.height))
+    branches = 3 if guidance_enabled(args.guidance, args.image_guidance) else 1  # text, video, unconditional
+    memory.check(memory.estimate(frames.shape[0], work_hw, dtype=dtype, vae_chunk=args.vae_chunk,
+                                 window=args.window, cfg_branches=branches), device,
+                 options="--width/--height (or --window, --vae-chunk)")
     options = dict(
         num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
         seed=args.seed, size=None if args.native_size else (args.width, args.height),

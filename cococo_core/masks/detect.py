@@ -35,11 +35,14 @@ def normalize_caption(text: str) -> str:
     return " . ".join(phrases) + " ."
 
 
-def split_phrases(text: str) -> list[str]:
+def split_phrases(text: str, name: str = "the mask text") -> list[str]:
+    """The phrases of a caption (split at ``.``); an empty one is refused, naming ``name`` (the option typed)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be text, got {type(text).__name__}")
     phrases = [" ".join(part.split()) for part in text.lower().split(".")]
     phrases = [p for p in phrases if p]
     if not phrases:
-        raise ValueError(f"the mask text {text!r} names nothing; give phrases like 'the dog' or 'cat . dog'")
+        raise ValueError(f"{name} {text!r} names nothing; give phrases like 'the dog' or 'cat . dog'")
     return phrases
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 
@@ -44,17 +45,22 @@ class MaskOptions:
     encode_text_once: bool = True
     preprocessing: str = "original"  # "original": the originals' PIL resize of uint8 frames; "torch": float resize
 
-    def validate(self) -> None:
+    def validate(self, names: Mapping[str, str] | None = None) -> None:
+        """Check every option; ``names`` maps a field to the name the user typed (``--detection-size`` on the
+        command line, ``detection_size`` on the node), which the error messages then use."""
+        names = names or {}
+
+        def label(field_name: str) -> str:
+            return names.get(field_name, field_name)
+
         if self.preprocessing not in dino.PREPROCESSING:
-            raise ValueError(f"preprocessing must be one of {dino.PREPROCESSING}, got {self.preprocessing!r}")
-        if not 0 <= self.box_threshold <= 1 or not 0 <= self.text_threshold <= 1:
-            raise ValueError(f"thresholds must lie in [0, 1] (box {self.box_threshold}, text {self.text_threshold})")
-        for name in ("detect_every", "chunk_size", "max_boxes", "detection_short_side"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            raise ValueError(f"{label('preprocessing')} must be one of {dino.PREPROCESSING}, got {self.preprocessing!r}")
+        for name in ("box_threshold", "text_threshold"):
+            validation.unit_interval(getattr(self, name), label(name))
+        for name in ("detect_every", "chunk_size", "max_boxes", "detection_short_side", "detection_max_side"):
+            validation.whole(getattr(self, name), label(name), 1)
         for name in ("temporal_smooth", "feather"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            validation.whole(getattr(self, name), label(name), 0)
 
 
 @dataclass

@@ -25,6 +25,14 @@ def module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dt
     return parameter.device, parameter.dtype
 
 
+TILE_PIXELS = 1024 * 1024  # frames larger than this are VAE-encoded/decoded tiled unless told otherwise
+
+
+def tiling_wanted(padded_hw: tuple[int, int], vae_tiling: bool | None) -> bool:
+    """``vae_tiling`` as asked; None (auto) tiles frames above :data:`TILE_PIXELS` pixels."""
+    return vae_tiling if vae_tiling is not None else padded_hw[0] * padded_hw[1] > TILE_PIXELS
+
+
 @contextlib.contextmanager
 def vae_tiling(vae, enabled: bool):
     """Switch diffusers' tiled encode/decode on for the ``with`` block, restoring the VAE's own setting."""

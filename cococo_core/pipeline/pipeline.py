@@ -14,7 +14,9 @@ import torch
 
 from .. import validation
 from ..hooks import CancelCheck, StepCallback, check_cancelled
+from . import memory
 from .conditioning import decode_latents, encode_images, latent_mask, masked_image, module_device_dtype
+from .conditioning import tiling_wanted
 from .conditioning import vae_tiling as tiled_vae
 from .ddim import NUM_TRAIN_TIMESTEPS
 from ..masks.morphology import grow
@@ -28,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 OUTPUTS = ("float", "uint8")
 POSTERIORS = ("sample", "mean")
-TILE_PIXELS = 1024 * 1024  # frames larger than this are VAE-encoded/decoded tiled unless told otherwise
 
 
 class CoCoCoPipeline:
@@ -151,6 +152,11 @@ class CoCoCoPipeline:
             return _convert(original, output)
         holes = grow(holes, mask_dilate)  # mask_dilate >= 0 (checked): a dilation
         geometry = plan_geometry(in_h, in_w, work_width=width, work_height=height, size_multiple=size_multiple)
+        tiled = tiling_wanted(geometry.padded_hw, vae_tiling)
+        memory.check(memory.cococo(num_frames, geometry.padded_hw, dtype=module_device_dtype(self.unet)[1],
+                                   vae_dtype=module_device_dtype(self.vae)[1], vae_chunk=self.vae_chunk,
+                                   vae_tiled=tiled, context_length=context_length, split_cfg=split_cfg,
+                                   guidance_scale=guidance_scale), self.device, options="width/height")
         frames = to_working(video_to_float(original).permute(0, 3, 1, 2), geometry)
         holes_work = to_working(holes[:, None], geometry, binary=bool(((holes == 0) | (holes == 1)).all()))
         latent_hw = geometry.latent_hw
@@ -160,7 +166,6 @@ class CoCoCoPipeline:
         check_cancelled(cancel)
         prompt_embeds, negative_embeds = self.encode_prompt(prompt, negative_prompt, guidance_scale=guidance_scale,
                                                             long_prompts=long_prompts)
-        tiled = vae_tiling if vae_tiling is not None else geometry.padded_hw[0] * geometry.padded_hw[1] > TILE_PIXELS
         with self._visiting(self.vae) as vae, tiled_vae(vae, tiled):
             conditioning = encode_images(vae, masked_image(frames, holes_work), noise=posterior_noise,
                                          chunk=self.vae_chunk, cancel=cancel)
