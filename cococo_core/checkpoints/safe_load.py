@@ -59,11 +59,12 @@ def sniff(path: Path) -> str:
         raise CheckpointError(f"{path}: the file is empty or truncated ({len(head)} bytes); it is not a checkpoint")
     if head[:4] == b"PK\x03\x04":
         return "zip"
-    if head[:1] == b"\x80":
-        return "pickle"
+    # before the pickle test: a safetensors header length whose low byte is 0x80 starts with b"\x80" too
     (header_len,) = struct.unpack("<Q", head[:8])
     if head[8:9] == b"{" and 0 < header_len <= 100_000_000:
         return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
     raise CheckpointError(
         f"{path}: not a checkpoint (neither a .safetensors header nor a torch pickle); "
         "expected a .safetensors or .ckpt/.pt/.pth/.bin file"
