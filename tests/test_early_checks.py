@@ -44,7 +44,7 @@ def test_the_host_estimate_equals_the_working_tensors_the_pipeline_builds():
     frames = to_working(video_to_float(clip).permute(0, 3, 1, 2), geometry)
     holes = to_working(mask.float()[:, None], geometry, binary=True)
     held = frames.nbytes + holes.nbytes + masked_image(frames, holes).nbytes
-    estimate = memory.estimate(2, geometry.padded_hw)
+    estimate = memory.cococo(2, geometry.padded_hw, dtype=torch.float32)
     assert estimate.host_bytes == held
 
 
@@ -56,8 +56,15 @@ def test_width_100000_is_refused_with_numbers_before_loading(files, capsys, no_l
     assert "\n" not in error.strip()
 
 
+def test_the_lgvi_host_estimate_equals_the_model_input_it_builds():
+    from cococo_core.lgvi.video_tensor import to_model_input
+
+    video = torch.rand(3, 40, 56, 3)
+    assert memory.lgvi(3, (64, 96), dtype=torch.float32).host_bytes == to_model_input(video, 64, 96).nbytes
+
+
 def test_above_free_memory_warns_and_above_total_refuses(caplog):
-    estimate = memory.estimate(16, (320, 512))
+    estimate = memory.lgvi(16, (320, 512), dtype=torch.float32, window=16)
     need = estimate.host_bytes + estimate.device_bytes
     with caplog.at_level(logging.WARNING):
         memory.check(estimate, "cpu", machine=(need * 2, need // 2))
@@ -157,3 +164,12 @@ def test_native_conditioning_node_validates_its_image(poison, message):
         images = images * 255
     with pytest.raises(ValueError, match=message):
         CoCoCoVideoInpaintConditioning().encode([], [], _NoVAE(), images, torch.ones(2, 16, 16))
+
+
+def test_remove_width_100000_is_refused_with_numbers_before_loading(files, tmp_path, capsys, no_loading):
+    import test_lgvi_tiny as tiny
+
+    assert main(["remove", "--model", str(tiny.lgvi_folder(8)), "--video", str(files["video"]), "--text", "the bird",
+                 "--out", str(tmp_path / "o.mp4"), "--width", "100000", "--height", "75000"]) == 2
+    error = capsys.readouterr().err
+    assert "need at least" in error and "this machine has" in error and "--width/--height" in error

@@ -147,9 +147,8 @@ def run(args: argparse.Namespace) -> int:
     fps = args.fps or clip.fps or DEFAULT_FPS
     frames = torch.from_numpy(clip.frames)
     work_hw = work_size(*clip.frames.shape[1:3], None if args.native_size else (args.width, args.height))
-    branches = 3 if guidance_enabled(args.guidance, args.image_guidance) else 1  # text, video, unconditional
-    memory.check(memory.estimate(frames.shape[0], work_hw, dtype=dtype, vae_chunk=args.vae_chunk,
-                                 window=args.window, cfg_branches=branches), device,
+    memory.check(memory.lgvi(frames.shape[0], work_hw, dtype=dtype, vae_chunk=args.vae_chunk, window=args.window,
+                             guided=guidance_enabled(args.guidance, args.image_guidance)), device,
                  options="--width/--height (or --window, --vae-chunk)")
     options = dict(
         num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .. import validation
 from ..checkpoints.pretrained import load_pretrained
 from ..hooks import check_cancelled, report
+from ..pipeline import memory
 from ..pipeline.text import warn_truncated
 from ..windows import blend_windows, plan_windows
 from .guidance import DEFAULT_IMAGE_GUIDANCE, DEFAULT_TEXT_GUIDANCE, combine_guidance, guidance_enabled
@@ -175,6 +176,9 @@ class LGVIPipeline:
         num_frames, in_height, in_width = video.shape[:3]
         height, width = work_size(in_height, in_width, size)
         windows = plan_windows(num_frames, window_length, window_overlap)
+        memory.check(memory.lgvi(num_frames, (height, width), dtype=self.dtype, vae_chunk=vae_batch_size,
+                                 window=window_length, guided=guidance_enabled(guidance_scale, image_guidance_scale)),
+                     self.device, options="the working size")
         generator = torch.Generator("cpu").manual_seed(int(seed))
 
         condition = self.encode_video(to_model_input(video, height, width), generator, vae_batch_size, cancel)

@@ -4,8 +4,9 @@
 :func:`estimate` adds up the tensors a run cannot avoid holding at once, from the frame count, the padded
 working size and the dtypes alone (the model weights are not included):
 
-* host memory, float32 at the working size (:mod:`.pipeline`): the frames (3 channels), the hole mask
-  (1) and the masked frames given to the VAE (3): 28 bytes per working pixel per frame;
+* host memory, float32 planes at the working size: CoCoCo (:mod:`.pipeline`) holds the frames (3 channels),
+  the hole mask (1) and the masked frames given to the VAE (3), 28 bytes per working pixel per frame; LGVI
+  (:mod:`cococo_core.lgvi.pipeline`) the frames given to the VAE (3), 12 bytes;
 * the VAE, ``vae_chunk`` frames per call: diffusers' ``AutoencoderKL`` runs its outer blocks at full
   resolution with 128 channels, and a ResNet block holds at least its input and output: 2 x 128 values per
   pixel per frame in the VAE dtype (per 512 x 512 tile when the VAE is tiled);
@@ -27,7 +28,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-HOST_BYTES_PER_PIXEL = 4 * (3 + 1 + 3)  # float32 frames, hole mask, masked frames
+COCOCO_HOST_PLANES = 3 + 1 + 3  # float32 frames, hole mask, masked frames
+LGVI_HOST_PLANES = 3  # float32 frames in [-1, 1]
 VAE_CHANNELS, VAE_HELD = 128, 2
 VAE_TILE = 512  # diffusers' tile_sample_min_size for SD-1.x VAEs (config sample_size)
 UNET_SKIP_CHANNELS = 4 * 320 + 3 * 640 // 4 + 3 * 1280 // 16 + 2 * 1280 // 64  # 2040 at the latent size
@@ -56,7 +58,7 @@ def _bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def estimate(frames: int, padded_hw: tuple[int, int], *, dtype: torch.dtype = torch.float32,
+def estimate(frames: int, padded_hw: tuple[int, int], *, host_planes: int, dtype: torch.dtype = torch.float32,
              vae_dtype: torch.dtype | None = None, vae_chunk: int = 8, vae_tiled: bool = False,
              window: int = 1, cfg_branches: int = 2) -> MemoryEstimate:
     """The lower bound described in the module docstring for ``frames`` frames padded to ``padded_hw``."""
@@ -65,7 +67,7 @@ def estimate(frames: int, padded_hw: tuple[int, int], *, dtype: torch.dtype = to
     vae_pixels = min(pixels, VAE_TILE * VAE_TILE) if vae_tiled else pixels
     latent = (height // LATENT_FACTOR) * (width // LATENT_FACTOR)
     return MemoryEstimate(
-        host={"frames": frames * pixels * HOST_BYTES_PER_PIXEL},
+        host={"frames": frames * pixels * host_planes * 4},
         device={
             "vae": min(vae_chunk, frames) * vae_pixels * VAE_CHANNELS * VAE_HELD * _bytes(vae_dtype or dtype),
             "unet": max(1, min(window, frames)) * cfg_branches * latent * UNET_SKIP_CHANNELS * _bytes(dtype),
@@ -81,8 +83,16 @@ def cococo(frames: int, padded_hw: tuple[int, int], *, dtype: torch.dtype, vae_d
     ``context_length`` frames when given, else at least one; two guidance branches unless CFG is off (scale
     <= 1) or split)."""
     branches = 1 if split_cfg or guidance_scale <= 1 else 2
-    return estimate(frames, padded_hw, dtype=dtype, vae_dtype=vae_dtype, vae_chunk=vae_chunk, vae_tiled=vae_tiled,
-                    window=context_length or 1, cfg_branches=branches)
+    return estimate(frames, padded_hw, host_planes=COCOCO_HOST_PLANES, dtype=dtype, vae_dtype=vae_dtype,
+                    vae_chunk=vae_chunk, vae_tiled=vae_tiled, window=context_length or 1, cfg_branches=branches)
+
+
+def lgvi(frames: int, work_hw: tuple[int, int], *, dtype: torch.dtype, vae_chunk: int = 8, window: int = 1,
+         guided: bool = True) -> MemoryEstimate:
+    """:func:`estimate` for a :class:`~cococo_core.lgvi.pipeline.LGVIPipeline` call: windows of ``window``
+    frames, three guidance branches (text, video, unconditional) when guidance is on, else one."""
+    return estimate(frames, work_hw, host_planes=LGVI_HOST_PLANES, dtype=dtype, vae_chunk=vae_chunk,
+                    window=window, cfg_branches=3 if guided else 1)
 
 
 def _cpu_memory() -> tuple[int | None, int | None]:
