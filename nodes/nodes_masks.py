@@ -94,6 +94,21 @@ class CoCoCoMaskFromText:
         }
 
     SEARCH_ALIASES = ["text to mask", "grounded sam", "segment by text", "video mask"]
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, text=None):
+        """An empty text is refused when the prompt is queued, before any loader node runs (a linked text
+        is checked when the node runs)."""
+        from cococo_core.masks.detect import split_phrases
+
+        if text is None:
+            return True
+        try:
+            split_phrases(text, "text")
+        except ValueError as error:
+            return str(error)
+        return True
+
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("mask", "preview")
     OUTPUT_TOOLTIPS = ("Per-frame masks of what the text names (1 = object).",
@@ -106,9 +121,9 @@ class CoCoCoMaskFromText:
     def make_masks(self, images, grounding_dino, text, box_threshold, text_threshold, box_mode, detect_every, grow,
                    fill_holes, temporal_smooth, feather, detection_size, sam=None):
         from cococo_core.masks import MaskOptions, draw_preview, masks_from_text
+        from cococo_core.masks.detect import split_phrases
 
-        if not text.strip():
-            raise ValueError("the text is empty; name what to mask, e.g. 'the dog'")
+        split_phrases(text, "text")
         if sam is None and not box_mode:
             raise ValueError("connect a SAM model (CoCoCo SAM Loader) or turn box_mode on")
         options = MaskOptions(box_threshold=box_threshold, text_threshold=text_threshold, box_mode=box_mode,

@@ -173,3 +173,13 @@ def test_remove_width_100000_is_refused_with_numbers_before_loading(files, tmp_p
                  "--out", str(tmp_path / "o.mp4"), "--width", "100000", "--height", "75000"]) == 2
     error = capsys.readouterr().err
     assert "need at least" in error and "this machine has" in error and "--width/--height" in error
+
+
+def test_mask_node_refuses_an_empty_text_when_queued():
+    """VALIDATE_INPUTS runs when ComfyUI validates the prompt, before any loader node loads a model."""
+    from nodes.nodes_masks import CoCoCoMaskFromText
+
+    assert CoCoCoMaskFromText.VALIDATE_INPUTS(text="the dog . cat") is True
+    assert CoCoCoMaskFromText.VALIDATE_INPUTS() is True  # a linked text: checked when the node runs
+    for empty in ("", " . "):
+        assert "names nothing" in CoCoCoMaskFromText.VALIDATE_INPUTS(text=empty)
