@@ -43,6 +43,18 @@ def test_one_bad_value_is_refused_naming_file_and_tensor(tmp_path, fmt, value):
             reader.get("layer.weight")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                   torch.float8_e4m3fn, torch.complex64])
+def test_every_float_dtype_is_checked(dtype):
+    from cococo_core.checkpoints import check_tensor
+
+    values = torch.randn(5, 7).to(dtype)
+    assert check_tensor(values, "f.safetensors", "t") is values
+    values.view(-1)[11] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match="'t' holds 1 NaN"):
+        check_tensor(values, "f.safetensors", "t")
+
+
 def test_finite_files_load_unchanged(tmp_path):
     state = {"w": torch.randn(5, 5), "h": torch.full((3,), 65504.0, dtype=torch.float16), "i": torch.arange(4)}
     save_file(state, str(tmp_path / "ok.safetensors"))

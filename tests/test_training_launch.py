@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import cpu_processes
-from cococo_core.training.loop import LaunchError, _check_world
+from cococo_core.training.launch import LaunchError, check_launch
 from training_data import write_webvid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,11 +27,6 @@ def test_accelerate_cpu_flag_with_two_processes_stops_with_an_explanation(tmp_pa
     assert not (tmp_path / "out" / "weights").exists()
 
 
-class _Accelerator:
-    def __init__(self, processes):
-        self.num_processes = processes
-
-
 @pytest.mark.parametrize("environ,processes", [
     ({}, 1),  # python -m cococo_core train
     ({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "True"}, 1),  # accelerate launch --cpu (1 process)
@@ -41,12 +36,12 @@ class _Accelerator:
       "RANK": "0"}, 2),  # two processes that see each other
 ])
 def test_launches_that_run_what_was_asked_pass(environ, processes):
-    _check_world(_Accelerator(processes), environ)
+    check_launch(processes, environ)
 
 
 def test_torchrun_processes_that_cannot_see_each_other_are_refused():
-    with pytest.raises(LaunchError, match="2 processes were launched but Accelerate sees only one"):
-        _check_world(_Accelerator(1), {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"})
+    with pytest.raises(LaunchError, match="2 processes were launched but only one takes part"):
+        check_launch(1, {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"})
 
 
 def test_prepare_data_summary_is_written_once_every_rank_has_finished(tmp_path):

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
 from .args import positive
+
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.cococo.prepare import PrepareOptions, prepare
+    from ..training.launch import launch_mismatch
 
     rank = args.rank if args.rank is not None else int(os.environ.get("RANK", 0))
     world = args.world_size or int(os.environ.get("WORLD_SIZE", 1))
+    mismatch = None if args.world_size else launch_mismatch(world)
+    if mismatch:  # the rows are all prepared by this one process: right, but not in parallel
+        logger.warning("%s. This process prepares every row", mismatch)
     device = args.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"

@@ -35,6 +35,7 @@ import torch
 from ..output_files import staged_file, staged_folder, write_json
 from .config import TrainConfig
 from .ema import EMAWeights
+from .launch import check_launch
 from .recipe import Recipe
 from .registry import resolve_recipe
 from .sampling import RankBatchSampler, mixed_seed, sample_seed
@@ -186,7 +187,7 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir),
                                                 logging_dir=str(self.output_dir / "logs")),
         )
-        _check_world(self.accelerator)
+        check_launch(self.accelerator.num_processes)
         set_seed(config.seed)
         self.recipe = recipe if recipe is not None else resolve_recipe(config.recipe)
         check_recipe(self.recipe)
@@ -419,36 +420,6 @@ def check_recipe(recipe) -> None:
     missing = [member for member in REQUIRED_RECIPE_MEMBERS if not hasattr(recipe, member)]
     if missing:
         raise TypeError(f"{type(recipe).__name__} is not a training recipe: it lacks {missing} (see training/recipe.py)")
-
-
-class LaunchError(ValueError):
-    """The processes that run are not the processes that were asked for."""
-
-
-def _check_world(accelerator, environ=None) -> None:
-    """Refuse the silent failures of a multi-process launch that trains as one process.
-
-    * ``WORLD_SIZE`` > 1 (torchrun started several processes) but Accelerate found one (no GPU, no gloo);
-    * ``accelerate launch --cpu --num_processes N`` without ``mpirun`` starts ONE process: its simple launcher
-      sets ``MASTER_ADDR`` only when more than one process or machine was asked for, and torchrun (which
-      does start N) would also set ``WORLD_SIZE``; seeing the first without the second and one process
-      means the other N - 1 were never started, and the run would train with 1/N of the global batch.
-    """
-    import os
-
-    environ = os.environ if environ is None else environ
-    launched = int(environ.get("WORLD_SIZE", "1") or 1)
-    cpu_hint = ("on CPU-only machines start the processes with ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
-                "--num_processes N ... (gloo); `accelerate launch --cpu --num_processes N` needs mpirun")
-    if launched > 1 and accelerator.num_processes == 1:
-        raise LaunchError(f"{launched} processes were launched but Accelerate sees only one (no GPU found); "
-                          + cpu_hint)
-    simple_launcher = "MASTER_ADDR" in environ and "ACCELERATE_MIXED_PRECISION" in environ
-    if accelerator.num_processes == 1 and simple_launcher and "WORLD_SIZE" not in environ:
-        raise LaunchError(
-            "accelerate launch was asked for several processes (it set MASTER_ADDR) but started only this one, so "
-            "training would run as one process with a fraction of the configured global batch; " + cpu_hint
-            + ". For one process run python -m cococo_core train (or accelerate launch --num_processes 1)")
 
 
 def enable_gradient_checkpointing(recipe, model: torch.nn.Module) -> None:
