@@ -16,6 +16,9 @@ import os
 from .args import positive
 
 logger = logging.getLogger(__name__)
+# PrepareOptions fields -> the options typed, for the validation messages
+OPTION_FIELDS = ("stride", "max_frames", "min_frames", "short_side", "samples_per_shard", "box_threshold",
+                 "text_threshold", "rank", "world_size")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         text_threshold=args.text_threshold, samples_per_shard=args.samples_per_shard, limit=args.limit,
         rank=rank, world_size=world, device=device,
     )
+    options.validate({name: "--" + name.replace("_", "-") for name in OPTION_FIELDS})
     detector = None
     if args.detector:
         from ..masks import load_detector

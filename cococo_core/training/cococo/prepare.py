@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ... import validation
 from ...output_files import write_json
 from ..shards import ShardReader, ShardWriter, complete_shards, index_path, remove_partial
 
@@ -72,14 +73,23 @@ class PrepareOptions:
     world_size: int = 1
     device: str = "cpu"
 
-    def validate(self) -> None:
+    def validate(self, names: dict[str, str] | None = None) -> None:
+        """Check the options; ``names`` maps a field to the name the user typed (``--min-frames``), which the
+        messages then use."""
+        names = names or {}
+
+        def label(field_name: str) -> str:
+            return names.get(field_name, field_name)
+
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is not in [0, world size {self.world_size})")
+            raise ValueError(f"{label('rank')} {self.rank} is not in [0, {label('world_size')} {self.world_size})")
         for name in ("stride", "max_frames", "min_frames", "short_side", "samples_per_shard", "detection_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+            validation.whole(getattr(self, name), label(name), 1)
+        for name in ("box_threshold", "text_threshold"):
+            validation.unit_interval(getattr(self, name), label(name))
         if self.min_frames > self.max_frames:
-            raise ValueError(f"min_frames {self.min_frames} > max_frames {self.max_frames}")
+            raise ValueError(f"{label('min_frames')} {self.min_frames} is more than {label('max_frames')} "
+                             f"{self.max_frames}: no video could be kept")
 
 
 @dataclass
