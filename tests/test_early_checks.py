@@ -193,3 +193,15 @@ def test_prepare_data_errors_name_the_option_typed(tmp_path, capsys, extra, expe
     assert main(["prepare-data", "--csv", str(tmp_path / "rows.csv"), "--videos", str(tmp_path), "--output",
                  str(tmp_path / "out"), *extra]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_wrong_base_and_motion_sources_are_refused_before_loading(files, tmp_path, capsys, no_loading):
+    assert _inpaint(files, "--tokenizer", str(tiny_models.tokenizer_folder()), base=str(tiny_models.sd2_file())) == 2
+    assert "Stable Diffusion 2.x" in capsys.readouterr().err
+    assert _inpaint(files, base=str(tiny_models.sd_folder(in_channels=4))) == 2
+    assert "text-to-image model (U-Net with 4 input channels)" in capsys.readouterr().err
+    empty = tmp_path / "motion"
+    empty.mkdir()
+    files = {**files, "motion": str(empty)}
+    assert _inpaint(files) == 2
+    assert str(empty) in capsys.readouterr().err

@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..attention import attention_backend  # noqa: PLC0415
     from ..checkpoints.base import check_tokenizer_source  # noqa: PLC0415
+    from ..checkpoints.detect import check_base_kind  # noqa: PLC0415
+    from ..models.motion_weights import motion_files  # noqa: PLC0415
     from ..pipeline import CoCoCoPipeline  # noqa: PLC0415
     from ..pipeline import memory  # noqa: PLC0415
     from ..pipeline.conditioning import tiling_wanted  # noqa: PLC0415
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = device_and_dtype(args.device, args.dtype)
     require_paths(base=args.base, motion=args.motion, tokenizer=args.tokenizer)
     check_tokenizer_source(args.base, args.tokenizer, "--tokenizer")
+    check_base_kind(args.base)
+    motion_files(args.motion)
     inputs = (args.video, args.mask, args.base, args.motion, args.tokenizer)
     check_output(args.out, args.fps or DEFAULT_FPS, overwrite=args.overwrite, inputs=inputs)
     if args.context_length is not None and args.context_overlap is not None \
