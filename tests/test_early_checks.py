@@ -74,6 +74,18 @@ def test_above_free_memory_warns_and_above_total_refuses(caplog):
     memory.check(estimate, "cpu", machine=(need, need))  # fits: silent
 
 
+def test_on_a_gpu_the_device_part_is_compared_with_the_gpu_memory(monkeypatch):
+    """No GPU here: the GPU's (total, free) is stubbed; the host part still goes against the RAM."""
+    estimate = memory.cococo(16, (512, 512), dtype=torch.float16)
+    monkeypatch.setattr(memory, "_device_memory", lambda device: (estimate.device_bytes - 1, 0))
+    with pytest.raises(ValueError, match="of cuda:0 memory"):
+        memory.check(estimate, "cuda:0", machine=(estimate.host_bytes, None))
+    monkeypatch.setattr(memory, "_device_memory", lambda device: (estimate.device_bytes, None))
+    memory.check(estimate, "cuda:0", machine=(estimate.host_bytes, None))  # each part fits where it lives
+    with pytest.raises(ValueError, match="of RAM"):
+        memory.check(estimate, "cuda:0", machine=(estimate.host_bytes - 1, None))
+
+
 def test_the_pipeline_call_checks_memory_before_building_working_frames(monkeypatch):
     """The nodes call the pipeline directly: the check sits in front of the first working-size tensor."""
     pipe = tiny_pipeline()
