@@ -217,3 +217,13 @@ def test_wrong_base_and_motion_sources_are_refused_before_loading(files, tmp_pat
     files = {**files, "motion": str(empty)}
     assert _inpaint(files) == 2
     assert str(empty) in capsys.readouterr().err
+
+
+def test_a_pickle_named_safetensors_base_is_one_line_naming_the_file(files, tmp_path, capsys, no_loading):
+    from cococo_core.checkpoints import load_state_dict
+
+    misnamed = tmp_path / "base.safetensors"
+    torch.save(load_state_dict(tiny_models.ldm_file()), misnamed)
+    assert _inpaint(files, "--tokenizer", str(tiny_models.tokenizer_folder()), base=str(misnamed)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {misnamed}: named .safetensors but it is a torch pickle") and "\n" not in error

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from .ldm_keys import CLIP_PREFIX, EMA_PREFIX, UNET_PREFIX, VAE_PREFIX, ema_key
-from .safe_load import CheckpointError, open_state, sniff
+from .safe_load import SAFETENSORS_SUFFIXES, CheckpointError, misnamed_pickle_error, open_state, sniff
 
 INPAINT_HINT = "e.g. sd-v1-5-inpainting.ckpt / .safetensors, or a diffusers folder of stable-diffusion-v1-5-inpainting"
 _V_VALUES = {"v", "v_prediction", "v-prediction", "true", "1", "yes"}
@@ -202,5 +202,8 @@ def check_base_kind(source: str | os.PathLike, *, in_channels: int | Sequence[in
     """:func:`require_sd1` on a diffusers folder or a ``.safetensors`` file, from names and shapes only (before
     anything loads); pickles are checked when they load, since reading their shapes means unpickling them."""
     path = Path(source)
-    if path.is_dir() or (path.is_file() and sniff(path) == "safetensors"):
+    kind = sniff(path) if path.is_file() else None
+    if kind not in (None, "safetensors") and path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        raise misnamed_pickle_error(path, kind)
+    if path.is_dir() or kind == "safetensors":
         require_sd1(detect_checkpoint(path), in_channels=in_channels)
