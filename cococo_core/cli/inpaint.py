@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                                vae_chunk=args.vae_chunk, vae_tiled=tiling_wanted(geometry.padded_hw, tiling),
                                context_length=args.context_length, split_cfg=args.split_cfg,
                                guidance_scale=args.guidance), device,
-                 options="--width/--height (or --size-multiple, --vae-chunk, --context-length)")
+                 options="--width/--height, --max-frames, --vae-chunk or --context-length")
     logger.info("%d frames of %dx%d at %.3g fps; loading models on %s (%s)", clip.frames.shape[0],
                 clip.frames.shape[2], clip.frames.shape[1], fps, device, str(dtype).removeprefix("torch."))
 

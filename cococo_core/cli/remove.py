@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     work_hw = work_size(*clip.frames.shape[1:3], None if args.native_size else (args.width, args.height))
     memory.check(memory.lgvi(frames.shape[0], work_hw, dtype=dtype, vae_chunk=args.vae_chunk, window=args.window,
                              guided=guidance_enabled(args.guidance, args.image_guidance)), device,
-                 options="--width/--height (or --window, --vae-chunk)")
+                 options="--width/--height, --max-frames, --window or --vae-chunk")
     options = dict(
         num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
         seed=args.seed, size=None if args.native_size else (args.width, args.height),

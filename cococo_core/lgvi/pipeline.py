@@ -178,7 +178,7 @@ class LGVIPipeline:
         windows = plan_windows(num_frames, window_length, window_overlap)
         memory.check(memory.lgvi(num_frames, (height, width), dtype=self.dtype, vae_chunk=vae_batch_size,
                                  window=window_length, guided=guidance_enabled(guidance_scale, image_guidance_scale)),
-                     self.device, options="the working size")
+                     self.device, options="the working size, the window or the number of frames")
         generator = torch.Generator("cpu").manual_seed(int(seed))
 
         condition = self.encode_video(to_model_input(video, height, width), generator, vae_batch_size, cancel)

@@ -102,6 +102,13 @@ def _cpu_memory() -> tuple[int | None, int | None]:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         pass
+    try:  # a container's limit (cgroup v2) is the machine this process has
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as limit:
+            text = limit.read().strip()
+        if text.isdigit():
+            total = min(total, int(text)) if total else int(text)
+    except OSError:
+        pass
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
@@ -123,11 +130,13 @@ def _gib(count: int) -> str:
     return f"{count / GIB:,.1f} GiB" if count >= GIB // 10 else f"{count / 1024 ** 2:,.1f} MiB"
 
 
-def check(estimate_: MemoryEstimate, device: str | torch.device = "cpu", *, options: str = "--width/--height",
+def check(estimate_: MemoryEstimate, device: str | torch.device = "cpu", *,
+          options: str = "the working size or the number of frames",
           machine: tuple[int | None, int | None] | None = None) -> None:
     """Refuse (ValueError) an estimate above the memory there is; warn above the memory free now.
 
-    ``options`` names what the user can lower; ``machine`` overrides the (total, available) RAM (tests)."""
+    ``options`` names what the user can lower (the options they typed); ``machine`` overrides the
+    (total, available) RAM (tests)."""
     device = torch.device(device)
     ram_total, ram_free = machine if machine is not None else _cpu_memory()
     on_cpu = device.type == "cpu"
@@ -140,7 +149,7 @@ def check(estimate_: MemoryEstimate, device: str | torch.device = "cpu", *, opti
         if total is not None and need > total:
             raise ValueError(
                 f"{estimate_.describe} need at least {_gib(need)} of {where} ({parts}; model weights not counted) "
-                f"but this machine has {_gib(total)}; lower {options}, or give fewer frames (--max-frames)")
+                f"but this machine has {_gib(total)}; lower {options}")
         if free is not None and need > free:
             log.warning("%s need at least %s of %s (%s) and %s is free now; the run may swap or fail",
                         estimate_.describe, _gib(need), where, parts, _gib(free))
