@@ -206,7 +206,8 @@ def read_mask(source: str | os.PathLike, *, stride: int = 1, start: int = 0, max
     if drawn_in_alpha:
         masks[drawn_in_alpha] = _levels(transparent[drawn_in_alpha], threshold)
         logger.warning("%s: %d mask frame(s) are empty in colour but have transparent pixels; they were read from "
-                       "the alpha channel, transparent = fill, as ComfyUI's Load Image does", source, len(drawn_in_alpha))
+                       "the alpha channel, transparent = fill, as ComfyUI's Load Image does",
+                       source, len(drawn_in_alpha))
     ignored = sum(1 for i in range(len(masks)) if i not in drawn_in_alpha and transparent[i].any())
     if ignored:
         logger.warning("%s: %d mask frame(s) have transparent pixels that were ignored: the mask is read from "

@@ -197,9 +197,11 @@ def test_mask_node_refuses_an_empty_text_when_queued():
         assert "names nothing" in CoCoCoMaskFromText.VALIDATE_INPUTS(text=empty)
 
 
-@pytest.mark.parametrize("extra,expected", [(["--min-frames", "20", "--max-frames", "10"], "--min-frames 20 is more than"
-                                             " --max-frames 10"), (["--box-threshold", "2"], "--box-threshold must lie"),
-                                            (["--rank", "2", "--world-size", "2"], "--rank 2 is not in [0, --world-size")])
+@pytest.mark.parametrize("extra,expected", [
+    (["--min-frames", "20", "--max-frames", "10"], "--min-frames 20 is more than --max-frames 10"),
+    (["--box-threshold", "2"], "--box-threshold must lie"),
+    (["--rank", "2", "--world-size", "2"], "--rank 2 is not in [0, --world-size"),
+])
 def test_prepare_data_errors_name_the_option_typed(tmp_path, capsys, extra, expected):
     (tmp_path / "rows.csv").write_text("videoid,name,page_dir\n1,a dog,000\n")
     assert main(["prepare-data", "--csv", str(tmp_path / "rows.csv"), "--videos", str(tmp_path), "--output",

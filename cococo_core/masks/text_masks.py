@@ -54,7 +54,8 @@ class MaskOptions:
             return names.get(field_name, field_name)
 
         if self.preprocessing not in dino.PREPROCESSING:
-            raise ValueError(f"{label('preprocessing')} must be one of {dino.PREPROCESSING}, got {self.preprocessing!r}")
+            raise ValueError(f"{label('preprocessing')} must be one of {dino.PREPROCESSING}, "
+                             f"got {self.preprocessing!r}")
         for name in ("box_threshold", "text_threshold"):
             validation.unit_interval(getattr(self, name), label(name))
         for name in ("detect_every", "chunk_size", "max_boxes", "detection_short_side", "detection_max_side"):

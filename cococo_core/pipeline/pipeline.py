@@ -156,7 +156,8 @@ class CoCoCoPipeline:
         memory.check(memory.cococo(num_frames, geometry.padded_hw, dtype=module_device_dtype(self.unet)[1],
                                    vae_dtype=module_device_dtype(self.vae)[1], vae_chunk=self.vae_chunk,
                                    vae_tiled=tiled, context_length=context_length, split_cfg=split_cfg,
-                                   guidance_scale=guidance_scale), self.device, options="width/height, context_length or the number of frames")
+                                   guidance_scale=guidance_scale),
+                     self.device, options="width/height, context_length or the number of frames")
         frames = to_working(video_to_float(original).permute(0, 3, 1, 2), geometry)
         holes_work = to_working(holes[:, None], geometry, binary=bool(((holes == 0) | (holes == 1)).all()))
         latent_hw = geometry.latent_hw
