@@ -177,7 +177,7 @@ def test_options_are_checked(bert, tokenizer):
     detector = _stub(bert, tokenizer, [])
     with pytest.raises(ValueError, match="segmenter"):
         masks_from_text(torch.rand(1, 8, 8, 3), "dog", detector, None)
-    with pytest.raises(ValueError, match="thresholds"):
+    with pytest.raises(ValueError, match=r"box_threshold must lie in \[0, 1\]"):
         masks_from_text(torch.rand(1, 8, 8, 3), "dog", detector, None, MaskOptions(box_mode=True, box_threshold=2))
     with pytest.raises(ValueError, match="frames must be"):
         masks_from_text(torch.rand(8, 8), "dog", detector, None, MaskOptions(box_mode=True))
