@@ -15,7 +15,8 @@ import torch
 from .errors import NonFiniteWeightsError
 
 
-def _non_finite_count(tensor: torch.Tensor) -> int:
+def non_finite_count(tensor: torch.Tensor) -> int:
+    """How many NaN / ±inf values ``tensor`` holds (0 for integer and boolean tensors)."""
     if not tensor.is_floating_point() and not tensor.is_complex():
         return 0
     if tensor.is_meta or tensor.numel() == 0:
@@ -31,7 +32,7 @@ def _non_finite_count(tensor: torch.Tensor) -> int:
 def check_tensor(tensor: torch.Tensor, source: str | os.PathLike, name: str) -> torch.Tensor:
     """``tensor`` unchanged if every value is finite; else :class:`NonFiniteWeightsError` naming ``source``
     (the file) and ``name`` (the tensor's name in it)."""
-    bad = _non_finite_count(tensor)
+    bad = non_finite_count(tensor)
     if bad:
         raise NonFiniteWeightsError(
             f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s) of {tensor.numel()}; the file is "
