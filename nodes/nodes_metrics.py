@@ -22,6 +22,12 @@ def manage(clip):
     return comfy.manage(clip, {"clip": towers}, name="MetricsCLIP")
 
 
+def _convention_choices() -> list[str]:
+    from cococo_core.metrics.conventions import PRESETS
+
+    return list(PRESETS)
+
+
 class CoCoCoVideoMetrics:
     @classmethod
     def INPUT_TYPES(cls):
@@ -47,6 +53,10 @@ class CoCoCoVideoMetrics:
             "optional": {
                 "reference": ("IMAGE", {"tooltip": "Ground truth for PSNR/SSIM (e.g. the video without the "
                                         "object); default: the original."}),
+                "conventions": (_convention_choices(), {"default": "pack", "tooltip": "Where correct "
+                                "implementations differ: paper = the published evaluation code (E*_warp: a frame "
+                                "pair whose pixels are all occluded adds 0, as Lai et al.'s script); pack = the "
+                                "pack's own (such a pair is averaged over all pixels). See docs/metrics.md."}),
             },
         }
 
@@ -78,8 +88,9 @@ class CoCoCoVideoMetrics:
             return str(error)
         return True
 
-    def measure(self, original, result, mask, prompt, clip_model, clip_score_region, flow, reference=None):
-        from cococo_core.metrics import MetricSuite, format_table, load_flow
+    def measure(self, original, result, mask, prompt, clip_model, clip_score_region, flow, reference=None,
+                conventions="pack"):
+        from cococo_core.metrics import MetricSuite, conventions_preset, format_table, load_flow
 
         original, result = frames_in(original), frames_in(result)
         if original.shape != result.shape:
@@ -99,7 +110,9 @@ class CoCoCoVideoMetrics:
                 estimator = load_flow(flow)
             except (ValueError, FileNotFoundError) as error:
                 notes.append(f"E*_warp: n/a, {error}")
-        suite = MetricSuite(clip=clip, flow=estimator, clip_crop=clip_score_region)
+        chosen = conventions_preset(conventions)
+        notes.append(f"conventions: {conventions} ({', '.join(f'{k}={v}' for k, v in chosen.as_dict().items())})")
+        suite = MetricSuite(clip=clip, flow=estimator, clip_crop=clip_score_region, conventions=chosen)
         comfy.interrupt_check()()
         with on_execution_device([manage(clip)] if clip is not None else []):
             measured = suite.evaluate(original, result, mask=mask, prompt=prompt.strip() or None,

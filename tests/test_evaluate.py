@@ -68,7 +68,7 @@ def test_inpainting_run_is_the_same_in_one_and_two_processes(dataset, tmp_path):
     common = ["--dataset", str(dataset), "--mode", "inpaint", "--base", str(tiny_models.sd_folder()),
               "--motion", str(tiny_models.motion_folder()), "--steps", "1", "--max-frames", "3", "--stride", "2",
               "--random-masks", "--clip", str(tiny_models.clip_folder()), "--i3d", str(tiny_models.i3d_file()),
-              "--flow", "dis", "--device", "cpu"]
+              "--flow", "dis", "--device", "cpu", "--conventions", "paper"]  # I3D BatchNorm per video on each rank
     one, two = tmp_path / "one", tmp_path / "two"
     _evaluate([*common, "--out", str(one)])
     _evaluate([*common, "--out", str(two)], processes=2)
@@ -85,6 +85,7 @@ def test_inpainting_run_is_the_same_in_one_and_two_processes(dataset, tmp_path):
     for key, entry in summary_one["metrics"].items():
         assert entry["mean"] == pytest.approx(summary_two["metrics"][key]["mean"], rel=1e-6, abs=1e-9), key
     assert "vfid" in summary_one["metrics"] and (one / "summary.csv").read_text().startswith("metric,value,videos")
+    assert summary_one["conventions"] == summary_two["conventions"] and summary_one["conventions"]["i3d_norm"] == "per-video"
     assert (one / "rows.csv").read_text().splitlines()[0].startswith("id,video,prompt,frames")
 
 
@@ -106,6 +107,21 @@ def test_existing_results_equal_to_the_input_give_the_known_values(dataset, tmp_
     again = _evaluate(arguments)
     assert "1 of 2 videos to do (1 already done)" in again.stderr
     assert _rows(out) == rows[:1] + [{**rows[1], "seconds": _rows(out)[1]["seconds"]}]
+
+
+def test_a_result_with_another_frame_count_than_its_input_is_refused(dataset, tmp_path):
+    """With --stride 2 the input is frames 0, 2, 4 of 6; a 6-frame result (made from every frame) must not be
+    cut to its first 3 frames, which would pair result frame 1 with input frame 2."""
+    out = tmp_path / "out"
+    done = _evaluate(["--dataset", str(dataset), "--results", str(dataset / "videos"), "--stride", "2",
+                      "--flow", "none", "--device", "cpu", "--out", str(out)])
+    rows = _rows(out)
+    assert [r["id"] for r in rows] == ["clip0", "clip1"]
+    for row in rows:
+        assert "psnr" not in row
+        assert "has 6 frames, the input 3 (start 0, stride 2" in row["error"]
+        assert str(dataset / "videos" / row["id"]) in row["error"]
+    assert "clip0: the result" in done.stderr and "0 videos evaluated, 2 failed" in done.stdout
 
 
 def test_lgvi_removal_run_uses_the_predicted_mask_for_bp(dataset, tmp_path):
@@ -163,6 +179,25 @@ def test_plain_csv_paths_must_stay_inside_the_dataset(tmp_path):
         read_dataset(csv)
 
 
+def test_rovi_json_layout_gives_one_sample_per_object(tmp_path):
+    """A ROVI JSON as LGVI training reads it (``read_rovi``'s field map): objects with their inpainted video,
+    mask and referring expression; paths must stay inside the root."""
+    rovi = {"vid1": {"video": "JPEGImages/vid1", "objects": [
+        {"inpainted": "Inpainted/vid1/0", "mask": "Masks/vid1/0", "expression": "remove the dog on the left"},
+        {"inpainted": "Inpainted/vid1/1", "mask": "Masks/vid1/1", "expression": ["remove the cat", "the cat"]}]}}
+    (tmp_path / "test.json").write_text(json.dumps(rovi))
+    samples = read_dataset(tmp_path / "test.json")
+    assert [(s.id, s.prompt) for s in samples] == [("Inpainted/vid1/0", "remove the dog on the left"),
+                                                   ("Inpainted/vid1/1", "remove the cat")]
+    root = tmp_path.resolve()
+    assert samples[0].video == root / "JPEGImages" / "vid1" and samples[1].target == root / "Inpainted" / "vid1" / "1"
+    assert samples[1].mask == root / "Masks" / "vid1" / "1"
+    rovi["vid1"]["objects"][0]["inpainted"] = "../../elsewhere/0"
+    (tmp_path / "test.json").write_text(json.dumps(rovi))
+    with pytest.raises(ValueError, match="outside"):
+        read_dataset(tmp_path / "test.json")
+
+
 def test_folder_layout(dataset):
     samples = read_dataset(dataset)
     assert [(s.id, s.prompt, s.mask is not None) for s in samples] == [("clip0", "a cat", True), ("clip1", "a dog", False)]
@@ -217,3 +252,34 @@ def test_paper_preset_with_an_override():
     assert protocol.random_masks and protocol.random_prompts and protocol.sample == 1000
     plain = cli_evaluate._protocol(parser.parse_args(["--dataset", "d", "--out", "o"]))
     assert (plain.stride, plain.max_frames, plain.random_masks, plain.sample) == (1, None, False, None)
+    # the metric conventions follow the preset unless named
+    assert cli_evaluate._conventions(args).as_dict() == {"i3d_norm": "per-video", "warp_occluded": "zero",
+                                                         "average": "frame", "cs_clamp": "frame"}
+    mixed = parser.parse_args(["--dataset", "d", "--out", "o", "--protocol", "paper", "--i3d-norm", "running"])
+    assert cli_evaluate._conventions(mixed).i3d_norm == "running" and cli_evaluate._conventions(mixed).average == "frame"
+    assert cli_evaluate._conventions(parser.parse_args(["--dataset", "d", "--out", "o"])).average == "video"
+
+
+def test_lgvi_preset_reads_clips_as_the_official_inference_script(dataset):
+    """inference_referring.py load_video: sorted frame files [:24], each resized to 512x320 with Image.BILINEAR."""
+    import argparse
+
+    from PIL import Image
+
+    from cococo_core.cli import evaluate as cli_evaluate
+    from cococo_core.evaluation.protocol import LGVI
+    from cococo_core.evaluation.runner import load_inputs
+
+    folder = dataset / "videos" / "clip0"
+    official = np.stack([np.asarray(Image.open(folder / name).convert("RGB").resize((512, 320), resample=Image.BILINEAR))
+                         for name in sorted(os.listdir(folder))[:24]])
+    assert np.array_equal(load_inputs(read_dataset(dataset)[0], LGVI).frames, official)
+
+    parser = argparse.ArgumentParser()
+    cli_evaluate.add_arguments(parser)
+    args = parser.parse_args(["--dataset", "d", "--out", "o", "--protocol", "lgvi"])
+    protocol = cli_evaluate._protocol(args)
+    assert (protocol.start, protocol.stride, protocol.max_frames, protocol.size, protocol.resample) == \
+        (0, 1, 24, (512, 320), "bilinear")
+    assert not protocol.random_masks and not protocol.random_prompts and protocol.sample is None
+    assert cli_evaluate._conventions(args).i3d_norm == "per-video"

@@ -76,3 +76,22 @@ def test_shape_mismatches_are_clear_errors(comfy):
         CoCoCoVideoMetrics().measure(_images(0), _images(0, frames=2), torch.zeros(40, 48), "", "none", "frame", "none")
     with pytest.raises(ValueError, match="does not fit"):
         CoCoCoVideoMetrics().measure(_images(0), _images(1), torch.zeros(20, 48), "", "none", "frame", "none")
+
+
+def test_conventions_combo_names_the_presets_and_reaches_the_metrics(comfy, monkeypatch):
+    import cococo_core.metrics.suite as suite_module
+
+    combo, options = CoCoCoVideoMetrics.INPUT_TYPES()["optional"]["conventions"]
+    assert combo == ["pack", "paper"] and options["default"] == "pack"
+    used = []
+    evaluate = suite_module.MetricSuite.evaluate
+    monkeypatch.setattr(suite_module.MetricSuite, "evaluate",
+                        lambda self, *a, **k: used.append(self.conventions) or evaluate(self, *a, **k))
+    original = _images(0)
+    table = CoCoCoVideoMetrics().measure(original, original.clone(), torch.zeros(40, 48), "", "none", "frame", "none",
+                                         conventions="paper")["result"][0]
+    assert used[0].warp_occluded == "zero" and "conventions: paper" in table
+    with pytest.raises(ValueError, match="conventions must be one of"):
+        CoCoCoVideoMetrics().measure(original, original, torch.zeros(40, 48), "", "none", "frame", "none",
+                                     conventions="other")
+

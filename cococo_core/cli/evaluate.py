@@ -9,6 +9,10 @@ Examples::
         --video-root webvid/videos --protocol paper --mode inpaint --base models/sd-v1-5-inpainting \\
         --motion models/cococo --clip models/clip-vit-large-patch14 --i3d models/i3d_rgb_imagenet.pt --out eval/
 
+    # LGVI's removal table (ROVI test set): PSNR, SSIM, VFID, E*_warp with the published code's conventions
+    python -m cococo_core evaluate --dataset rovi/test.json --video-root rovi/data --protocol lgvi --mode remove \
+        --model models/lgvi --i3d models/i3d_rgb_imagenet.pt --flow raft --raft models/raft_large.pth --out eval-lgvi/
+
     # metrics only, for results made elsewhere (results/<id>.mp4)
     python -m cococo_core evaluate --dataset my_set/ --results results/ --out eval/
 
@@ -22,6 +26,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from ..metrics.conventions import CHOICES, PRESETS
 from .args import add_device_arguments, device_and_dtype, non_negative, positive
 
 logger = logging.getLogger(__name__)
@@ -41,17 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("dataset and output")
     data.add_argument("--dataset", required=True, metavar="PATH",
                       help="a CSV file (columns video or WebVid's videoid/page_dir, prompt or WebVid's name, "
-                           "optional id, mask, target) or a folder with videos/ [masks/ targets/ prompts.json]")
-    data.add_argument("--video-root", metavar="FOLDER", help="CSV datasets: the folder the video paths are relative to "
-                      "(default: the CSV's folder)")
+                           "optional id, mask, target), a ROVI JSON (LGVI's test.json: one sample per object, its "
+                           "expression, inpainted target and mask) or a folder with videos/ [masks/ targets/ "
+                           "prompts.json]")
+    data.add_argument("--video-root", metavar="FOLDER", help="CSV and ROVI JSON datasets: the folder the video paths "
+                      "are relative to (default: the file's folder)")
     data.add_argument("--out", required=True, metavar="FOLDER", help="output folder (created; reused to resume)")
     data.add_argument("--save-results", action="store_true", help="also write every result video to OUT/videos/")
 
     protocol = parser.add_argument_group("protocol")
-    protocol.add_argument("--protocol", choices=["paper", "none"], default="none",
+    protocol.add_argument("--protocol", choices=["paper", "lgvi", "none"], default="none",
                           help="paper = CoCoCo's: 1000 random videos, first 16 frames at stride 4, 384x256, random "
-                               "masks and prompts from --seed, no paste-back (default none: every video, all frames, "
-                               "the dataset's masks and prompts); the options below override it")
+                               "masks and prompts from --seed, no paste-back; lgvi = LGVI's removal table (ROVI test "
+                               "set): the first 24 frames, 512x320 bilinear, the dataset's targets and expressions. "
+                               "Both use the paper metric conventions (--conventions). Default none: every video, "
+                               "all frames, the dataset's masks and prompts, the pack conventions; the options "
+                               "below override the preset")
     protocol.add_argument("--start", type=non_negative, metavar="N", help="first frame (default 0)")
     protocol.add_argument("--stride", type=positive(int), metavar="K", help="use every K-th frame (paper: 4)")
     protocol.add_argument("--max-frames", type=positive(int), metavar="N", help="frames per video (paper: 16)")
@@ -95,15 +105,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     metrics.add_argument("--warp-flow-from", choices=["result", "reference"], default="result",
                          help="estimate E_warp's flow on the result (default) or the reference video")
 
+    named = parser.add_argument_group("metric conventions (docs/metrics.md; each number in summary.json names its own)")
+    named.add_argument("--conventions", choices=list(PRESETS), help="paper = the published evaluation code's "
+                       "arithmetic (E2FGVI/ProPainter, Lai et al.); pack = the pack's own. Default: the --protocol "
+                       "preset's (paper and lgvi: paper; none: pack); the options below override single ones")
+    named.add_argument("--i3d-norm", choices=CHOICES["i3d_norm"], help="VFID: I3D BatchNorm with its running "
+                       "statistics (pack) or each video's own (per-video: paper, as E2FGVI never calls .eval())")
+    named.add_argument("--warp-occluded", choices=CHOICES["warp_occluded"], help="E_warp of a fully occluded frame "
+                       "pair: averaged over all pixels (pack) or 0 (zero: paper, Lai et al.'s evaluate_WarpError.py)")
+    named.add_argument("--average", choices=CHOICES["average"], help="PSNR/SSIM over the dataset: mean of per-video "
+                       "means (video: pack) or over all frames (frame: paper, E2FGVI's evaluate.py)")
+    named.add_argument("--cs-clamp", choices=CHOICES["cs_clamp"], help="CS: clamp each frame's score at 0 (frame: "
+                       "both presets, Hessel et al.'s CLIP-S) or the mean (mean: torchmetrics' CLIPScore)")
+
 
 def _protocol(args):
-    from ..evaluation.protocol import PAPER, Protocol  # noqa: PLC0415
+    from ..evaluation.protocol import PROTOCOLS  # noqa: PLC0415
 
-    base = PAPER if args.protocol == "paper" else Protocol()
+    base = PROTOCOLS[args.protocol]
     chosen = {k: v for k, v in dict(start=args.start, stride=args.stride, max_frames=args.max_frames, size=args.size,
                                     sample=args.sample, random_masks=args.random_masks,
                                     random_prompts=args.random_prompts).items() if v is not None}
     return replace(base, seed=args.seed, **chosen)
+
+
+def _conventions(args):
+    """The --conventions preset (default: the --protocol's) with the single options given."""
+    from ..evaluation.protocol import PROTOCOL_CONVENTIONS  # noqa: PLC0415
+    from ..metrics.conventions import conventions_preset  # noqa: PLC0415
+
+    return conventions_preset(args.conventions or PROTOCOL_CONVENTIONS[args.protocol], i3d_norm=args.i3d_norm,
+                              warp_occluded=args.warp_occluded, average=args.average, cs_clamp=args.cs_clamp)
 
 
 def _check(args) -> None:
@@ -119,13 +151,14 @@ def _check(args) -> None:
             raise FileNotFoundError(f"--{option.replace('_', '-')} not found: {value}")
 
 
-def _suite(args, device):
+def _suite(args, device, conventions):
     from ..metrics import MetricSuite, load_clip, load_flow, load_i3d  # noqa: PLC0415
 
     clip = load_clip(args.clip, tokenizer=args.clip_tokenizer, device=device) if args.clip else None
     i3d = load_i3d(args.i3d, device=device) if args.i3d else None
     flow = None if args.flow == "none" else load_flow(args.flow, raft_weights=args.raft, device=device)
-    return MetricSuite(clip=clip, i3d=i3d, flow=flow, clip_crop=args.cs_crop, warp_flow_from=args.warp_flow_from)
+    return MetricSuite(clip=clip, i3d=i3d, flow=flow, clip_crop=args.cs_crop, warp_flow_from=args.warp_flow_from,
+                       conventions=conventions)
 
 
 def _maker(args, device, dtype, paste_back: bool):
@@ -157,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     protocol = _protocol(args)
+    conventions = _conventions(args)
     prompts = PROMPTS
     if args.prompt_list:
         prompts = tuple(line.strip() for line in Path(args.prompt_list).read_text(encoding="utf-8").splitlines()
@@ -167,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     paste_back = not (args.no_paste_back if args.no_paste_back is not None else args.protocol == "paper")
 
     store = ResultStore(args.out)
-    settings = _settings(args, protocol, paste_back)
+    settings = _settings(args, protocol, paste_back, conventions)
     store.check_settings(settings, record=False)  # every process, before any of them waits for the others
     state = PartialState(cpu=args.device == "cpu")
     device = state.device if args.device == "auto" else device_and_dtype(args.device)[0]
@@ -187,27 +221,27 @@ def run(args: argparse.Namespace) -> int:
     if args.save_results:
         save = Path(args.out) / "videos"
         save.mkdir(parents=True, exist_ok=True)
-    evaluator = Evaluator(store, protocol, _suite(args, device), _maker(args, device, dtype, paste_back) if mine else None,
-                          Path(args.results) if args.results else None, save, prompts, score_prompt=args.mode != "remove")
+    evaluator = Evaluator(store, protocol, _suite(args, device, conventions), _maker(args, device, dtype, paste_back) if mine else None,
+                          Path(args.results) if args.results else None, save, prompts, score_prompt=args.mode != "remove" and args.protocol != "lgvi")
     for sample in tqdm(mine, desc=f"evaluate {state.process_index + 1}/{state.num_processes}", unit="video",
                        position=state.process_index, disable=not mine):
         store.append(state.process_index, evaluator.run_one(sample))
     state.wait_for_everyone()
     if state.is_main_process:
-        summary = store.gather([s.id for s in samples], {**settings, "processes": state.num_processes})
+        summary = store.gather([s.id for s in samples], {**settings, "processes": state.num_processes}, conventions)
         _print_summary(summary, args.out)
     state.wait_for_everyone()
     return 0
 
 
-def _settings(args, protocol, paste_back: bool) -> dict:
+def _settings(args, protocol, paste_back: bool, conventions) -> dict:
     """What the numbers depend on (recorded with the results; a resumed run must match it)."""
     models = {"inpaint": ("base", "motion", "tokenizer", "steps", "guidance"),
               "remove": ("model", "steps", "guidance", "image_guidance"), "results": ("results",)}[args.mode]
     return {"protocol": args.protocol, **vars(protocol), "mode": args.mode, **{k: getattr(args, k) for k in models},
             "paste_back": paste_back if args.mode == "inpaint" else None, "prompt_list": args.prompt_list,
             "clip": args.clip, "i3d": args.i3d, "flow": args.flow, "raft": args.raft, "cs_crop": args.cs_crop,
-            "warp_flow_from": args.warp_flow_from, "dataset": args.dataset}
+            "warp_flow_from": args.warp_flow_from, "dataset": args.dataset, "conventions": conventions.as_dict()}
 
 
 def _print_summary(summary: dict, out: str) -> None:
@@ -216,6 +250,7 @@ def _print_summary(summary: dict, out: str) -> None:
     print(f"{summary['videos']} videos evaluated, {summary['failed']} failed; results in {out}")
     for key, entry in summary["metrics"].items():
         label, better, _ = METRICS[key]
-        print(f"  {label:<8} {entry['mean']:10.4f}  ({better} is better; {entry['videos']} videos)")
+        print(f"  {label:<8} {entry['mean']:10.4f}  ({better} is better; {entry['videos']} videos; "
+              f"{entry['convention']})")
     if summary.get("flow_backend"):
         print(f"  E_warp flow: {summary['flow_backend']}")

@@ -1,12 +1,17 @@
 """Evaluation datasets: which videos, masks, prompts and ground truths to evaluate.
 
-Two layouts:
+Three layouts:
 
 * **a CSV file** (e.g. WebVid's ``results_10M_val.csv``), one row per video. The video is the ``video``
   column (a path relative to the CSV's folder or to ``video_root``), or WebVid's ``videoid`` (+ ``page_dir``)
   giving ``video_root/[page_dir/]videoid.mp4``. The prompt is the ``prompt`` column, else WebVid's ``name``
   (the caption). Optional columns: ``id`` (default ``videoid`` or the video's file stem), ``mask`` (a mask
   video / image folder / image), ``target`` (the ground truth result, e.g. the video without the object).
+* **a ROVI JSON file** (LGVI's ``test.json`` / ``train.json``, ``jianzongwu/rovi``), read by the same field map
+  as LGVI training (:func:`cococo_core.training.lgvi.data.read_rovi`): one sample per removed object, the
+  prompt its referring expression, the target its inpainted video, the mask its removal mask; paths relative
+  to ``video_root`` (default the JSON's folder). The id is the target's path below that folder without its
+  suffix (unique per object; a ``--results`` folder holds ``<id>.mp4`` or ``<id>/``).
 * **a folder** with ``videos/`` (video files or frame folders, one per sample; the id is the stem), and
   optionally ``masks/<id>.*`` or ``masks/<id>/``, ``targets/<id>.*`` (ground truths) and the prompts in
   ``prompts.json`` (``{"<id>": "prompt"}``) or ``prompts.csv`` (columns ``id,prompt``).
@@ -77,6 +82,20 @@ def _from_csv(path: Path, video_root: Path | None) -> list[Sample]:
     return samples
 
 
+def _from_rovi(path: Path, video_root: Path | None) -> list[Sample]:
+    from ..training.lgvi.data import read_rovi  # noqa: PLC0415
+
+    root = (video_root or path.parent).resolve()
+    samples = []
+    for record in read_rovi(path, root):
+        video = _inside(root, record.video, "video")
+        target = _inside(root, record.target, "target")
+        mask = _inside(root, record.mask, "mask") if record.mask else None
+        sample_id = target.relative_to(root).with_suffix("").as_posix()
+        samples.append(Sample(sample_id, video, record.expression, mask, target))
+    return samples
+
+
 def _prompts(folder: Path) -> dict[str, str]:
     if (folder / "prompts.json").is_file():
         data = json.loads((folder / "prompts.json").read_text(encoding="utf-8"))
@@ -108,10 +127,12 @@ def read_dataset(path: str | os.PathLike, *, video_root: str | os.PathLike | Non
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
         samples = _from_csv(path, Path(video_root) if video_root else None)
+    elif path.is_file() and path.suffix.lower() == ".json":
+        samples = _from_rovi(path, Path(video_root) if video_root else None)
     elif path.is_dir():
         samples = _from_folder(path)
     else:
-        raise FileNotFoundError(f"dataset not found (a .csv file or a folder with videos/): {path}")
+        raise FileNotFoundError(f"dataset not found (a .csv file, a ROVI .json file or a folder with videos/): {path}")
     if not samples:
         raise ValueError(f"the dataset {path} lists no videos")
     seen: set[str] = set()

@@ -12,6 +12,14 @@ The paper gives no mask shape or prompt list; here, reproducibly from one seed:
 
 Every draw depends only on the seed and the video's id, so results do not depend on the order of the
 dataset, on sharding or on resuming.
+
+:data:`LGVI` is the removal protocol of LGVI (CVPR 2024, Tables 2-3, the ROVI test set): the dataset's
+videos, ground truths (the videos without the object) and referring expressions, the first 24 frames
+resized bilinearly to 512 x 320, as the official ``inference_referring.py`` ``load_video`` reads a clip
+(``sorted(os.listdir(...))[:24]``, ``Image.BILINEAR``); the paper reports PSNR, SSIM, VFID and E*_warp.
+
+Both presets come with the ``paper`` metric conventions (:data:`PROTOCOL_CONVENTIONS`,
+:mod:`cococo_core.metrics.conventions`): the arithmetic of the evaluation code the papers follow.
 """
 from __future__ import annotations
 
@@ -39,10 +47,19 @@ class Protocol:
     random_prompts: bool = False
     seed: int = 0
     sample: int | None = None
+    resample: str = "bicubic"  # the filter of the resize to ``size``: "bicubic" or "bilinear"
+
+    def __post_init__(self):
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {', '.join(RESAMPLE)}, not {self.resample!r}")
 
 
+RESAMPLE = ("bicubic", "bilinear")
 PAPER = Protocol(start=0, stride=4, max_frames=16, size=(384, 256), random_masks=True, random_prompts=True, seed=0,
                  sample=1000)
+LGVI = Protocol(start=0, stride=1, max_frames=24, size=(512, 320), resample="bilinear")
+PROTOCOLS = {"none": Protocol(), "paper": PAPER, "lgvi": LGVI}
+PROTOCOL_CONVENTIONS = {"none": "pack", "paper": "paper", "lgvi": "paper"}  # the metric conventions of each preset
 
 
 def sample_videos(samples: list, count: int | None, seed: int) -> list:

@@ -6,8 +6,9 @@
 * ``features/<file id>.npz``: the video's I3D features (``reference``, ``result``) for VFID, written before
   its row;
 * after every process has finished, the main process gathers the parts into ``rows.csv`` / ``rows.json``
-  (per video, in dataset order) and ``summary.json`` / ``summary.csv`` (means over videos, VFID over the
-  dataset).
+  (per video, in dataset order) and ``summary.json`` / ``summary.csv`` (per metric the dataset's value, VFID
+  over the dataset; PSNR / SSIM as the mean of the per-video means or over every frame, by the ``average``
+  convention; each number with the conventions it used).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics.conventions import FRAME_AVERAGED, Conventions
 from ..metrics.suite import METRICS
 
 ROW_FIELDS = ("id", "video", "prompt", "frames", "width", "height", "flow", "seconds", "error")
@@ -87,18 +89,18 @@ class ResultStore:
             handle.write(json.dumps(row, allow_nan=True) + "\n")
             handle.flush()
 
-    def gather(self, order: list[str], settings: dict) -> dict:
+    def gather(self, order: list[str], settings: dict, conventions: Conventions = Conventions()) -> dict:
         """Write rows.csv/json and summary.csv/json for the ids in ``order``; returns the summary."""
         found = self.rows()
         rows = [found[i] for i in order if i in found]
-        summary = summarize(rows, self, settings)
+        summary = summarize(rows, self, settings, conventions)
         self._write_rows(rows)
         (self.folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n", encoding="utf-8")
         with open(self.folder / "summary.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["metric", "value", "videos"])
+            writer.writerow(["metric", "value", "videos", "convention"])
             for key, entry in summary["metrics"].items():
-                writer.writerow([METRICS[key][0], _plain(entry["mean"]), entry["videos"]])
+                writer.writerow([METRICS[key][0], _plain(entry["mean"]), entry["videos"], entry["convention"]])
         return summary
 
     def _write_rows(self, rows: list[dict]) -> None:
@@ -119,20 +121,42 @@ def _plain(value):
     return value
 
 
-def summarize(rows: list[dict], store: ResultStore, settings: dict) -> dict:
-    """Means over the videos with a finite value, per metric; VFID over every video's I3D features."""
+def _dataset_value(key: str, rows: list[dict], conventions: Conventions) -> dict | None:
+    """One metric over the videos with a finite value: the mean of the per-video values, or for PSNR / SSIM
+    with ``average="frame"`` the mean over every frame (each video's mean weighted by its frame count, which
+    is E2FGVI ``evaluate.py``'s ``sum(total_frame_psnr) / len(total_frame_psnr)``)."""
+    found = [r for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    if not found:
+        return None
+    values = np.array([r[key] for r in found], np.float64)
+    if key in FRAME_AVERAGED and conventions.average == "frame":
+        frames = np.array([r["frames"] for r in found], np.float64)
+        return {"mean": float((values * frames).sum() / frames.sum()), "videos": len(found), "frames": int(frames.sum())}
+    return {"mean": float(values.mean()), "videos": len(found)}
+
+
+def summarize(rows: list[dict], store: ResultStore, settings: dict, conventions: Conventions = Conventions()) -> dict:
+    """Per metric the dataset's value (:func:`_dataset_value`); VFID over every video's I3D features. Every
+    entry names the conventions its number used."""
     good = [r for r in rows if not r.get("error")]
     metrics = {}
     for key in METRICS:
-        values = [r[key] for r in good if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-        if values:
-            metrics[key] = {"mean": float(np.mean(values)), "videos": len(values)}
+        entry = _dataset_value(key, good, conventions)
+        if entry is not None:
+            metrics[key] = entry
     features = [np.load(store.features_path(r["id"])) for r in good if store.features_path(r["id"]).is_file()]
     if len(features) >= 2:
         from ..metrics.video_fid import vfid  # noqa: PLC0415
 
         metrics["vfid"] = {"mean": vfid(np.stack([f["reference"] for f in features]),
                                         np.stack([f["result"] for f in features])), "videos": len(features)}
+    for key, entry in metrics.items():
+        if key not in FRAME_AVERAGED:
+            entry["average"] = "dataset" if key == "vfid" else "video"
+        else:
+            entry["average"] = conventions.average
+        entry["conventions"] = conventions.of_metric(key)
+        entry["convention"] = conventions.describe(key) or "mean of the per-video values"
     flows = sorted({r["flow"] for r in good if r.get("flow")})
     return {"videos": len(good), "failed": len(rows) - len(good), "metrics": metrics,
-            "flow_backend": ",".join(flows) or None, "settings": settings}
+            "flow_backend": ",".join(flows) or None, "conventions": conventions.as_dict(), "settings": settings}

@@ -29,12 +29,13 @@ class Inputs:
     target: np.ndarray | None
 
 
-def _resize_frames(frames: np.ndarray, size) -> np.ndarray:
+def _resize_frames(frames: np.ndarray, size, resample: str = "bicubic") -> np.ndarray:
     if size is None or (frames.shape[2], frames.shape[1]) == tuple(size):
         return frames
     from PIL import Image  # noqa: PLC0415
 
-    return np.stack([np.asarray(Image.fromarray(f).resize(tuple(size), Image.BICUBIC)) for f in frames])
+    method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[resample]
+    return np.stack([np.asarray(Image.fromarray(f).resize(tuple(size), method)) for f in frames])
 
 
 def _resize_mask(mask: np.ndarray, size) -> np.ndarray:
@@ -56,7 +57,7 @@ def _fit_frames(frames: np.ndarray, count: int, what: str, sample_id: str) -> np
 def load_inputs(sample: Sample, protocol: Protocol, prompts=PROMPTS) -> Inputs:
     """The sample's frames, mask, prompt and ground truth as the protocol selects them."""
     selection = dict(start=protocol.start, stride=protocol.stride, max_frames=protocol.max_frames)
-    frames = _resize_frames(read_frames(sample.video, **selection).frames, protocol.size)
+    frames = _resize_frames(read_frames(sample.video, **selection).frames, protocol.size, protocol.resample)
     count, height, width = frames.shape[:3]
     mask = None
     if sample.mask is not None and not protocol.random_masks:
@@ -68,9 +69,18 @@ def load_inputs(sample: Sample, protocol: Protocol, prompts=PROMPTS) -> Inputs:
     prompt = random_prompt(sample.id, protocol.seed, prompts) if protocol.random_prompts else sample.prompt
     target = None
     if sample.target is not None:
-        target = _fit_frames(_resize_frames(read_frames(sample.target, **selection).frames, (width, height)),
-                             count, "target", sample.id)
+        target = _fit_frames(_resize_frames(read_frames(sample.target, **selection).frames, (width, height),
+                                            protocol.resample), count, "target", sample.id)
     return Inputs(frames, mask, prompt, target)
+
+
+def _check_frame_count(found: int, wanted: int, what: str, protocol: Protocol) -> None:
+    """A result must have one frame per evaluated input frame: keeping its first frames would pair frame i
+    of the result with input frame ``start + i * stride``, misaligned as soon as a stride or start is set."""
+    if found != wanted:
+        selection = f"start {protocol.start}, stride {protocol.stride}, max frames {protocol.max_frames or 'all'}"
+        raise ValueError(f"{what} has {found} frames, the input {wanted} ({selection}); give one result frame per "
+                         "evaluated input frame (results made from the same --start/--stride/--max-frames)")
 
 
 @dataclass
@@ -93,8 +103,9 @@ class Evaluator:
         path = _media(self.results_dir, sample.id) if self.results_dir else None
         if path is None:
             raise FileNotFoundError(f"no result for {sample.id} in {self.results_dir} (<id>.mp4 or <id>/)")
-        frames = read_frames(path, max_frames=inputs.frames.shape[0]).frames
-        return _resize_frames(frames, (inputs.frames.shape[2], inputs.frames.shape[1])), None
+        frames = read_frames(path).frames
+        _check_frame_count(frames.shape[0], inputs.frames.shape[0], f"the result {path}", self.protocol)
+        return _resize_frames(frames, (inputs.frames.shape[2], inputs.frames.shape[1]), self.protocol.resample), None
 
     def run_one(self, sample: Sample) -> dict:
         started = time.perf_counter()
@@ -102,6 +113,7 @@ class Evaluator:
         try:
             inputs = load_inputs(sample, self.protocol, self.prompts)
             result, predicted = self._result(sample, inputs)
+            _check_frame_count(result.shape[0], inputs.frames.shape[0], "the result", self.protocol)
             mask = inputs.mask if inputs.mask is not None else predicted
             if self.save_results is not None:
                 from ..video_io import write_video  # noqa: PLC0415

@@ -11,6 +11,10 @@ All take frames ``(F, H, W, 3)`` (uint8 in [0, 255], or float in [0, 1]; numpy o
     warp_error(result)                                # E_warp (Lai et al. 2018), flow from RAFT or OpenCV DIS
     i3d_features(video, i3d) -> vfid(real, fake)      # VFID over a dataset (Frechet distance of I3D features)
 
+Where correct implementations differ (I3D BatchNorm statistics, fully occluded E_warp pairs, frame- or
+video-level averaging, the CS clamp) the choice is a named convention (:class:`Conventions`, presets
+``pack`` and ``paper`` in :mod:`.conventions`).
+
 Models are loaded from local files only (:func:`load_clip`, :func:`load_i3d`, :func:`load_flow`); nothing
 is downloaded. :class:`MetricSuite` computes every available metric of one video pair (used by the
 ``evaluate`` command and the ComfyUI node).
@@ -40,6 +44,8 @@ _EXPORTS = {
     "occlusion_mask": ".warping",
     "warp_frames": ".warping",
     "warp_error": ".warping",
+    "Conventions": ".conventions",
+    "conventions_preset": ".conventions",
     "MetricSuite": ".suite",
     "format_table": ".suite",
 }

@@ -1,6 +1,9 @@
 """Frames and masks as the metrics take them: ``(F, H, W, 3)`` float64 on [0, 255] and ``(F, H, W)`` in [0, 1].
 
-uint8 input is read as [0, 255]; float input as [0, 1] (ComfyUI IMAGE, the pipelines' float output).
+uint8 input is read as [0, 255]; float input as [0, 1] (ComfyUI IMAGE, the pipelines' float output). Float
+frames with NaN or infinite values are refused, naming the video and the frame: the published metric code
+would let a NaN through (E2FGVI's ``calculate_psnr`` returns NaN, which its average spreads to the whole
+dataset), and a clamp or a cap would turn it into a plausible number.
 """
 from __future__ import annotations
 
@@ -25,7 +28,14 @@ def as_frames(frames, *, name: str = "frames") -> torch.Tensor:
     tensor = tensor[..., :3]
     if tensor.dtype == torch.uint8:
         return tensor.to(torch.float64)
-    return tensor.to(torch.float64).clamp(0, 1) * 255.0
+    tensor = tensor.to(torch.float64)
+    finite = torch.isfinite(tensor).flatten(1).all(1)
+    if not finite.all():
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(f"{name}: frame {bad[0]} (of {tensor.shape[0]}) has NaN or infinite values"
+                         + (f", and {len(bad) - 1} more frame(s)" if len(bad) > 1 else "")
+                         + "; metrics of such frames would be meaningless")
+    return tensor.clamp(0, 1) * 255.0
 
 
 def as_mask(mask, frames: int, height: int, width: int) -> torch.Tensor:

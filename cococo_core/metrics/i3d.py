@@ -74,9 +74,15 @@ class Unit3D(nn.Module):
         if not logits:
             self.bn = nn.BatchNorm3d(out_channels, eps=0.001, momentum=0.01)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, own_statistics: bool = False) -> torch.Tensor:
+        """``own_statistics``: normalise with the batch's own mean and (biased) variance, as BatchNorm does in
+        train mode, without touching the running statistics."""
         x = self.conv3d(_pad_same(x, self.kernel, self.stride))
-        return x if self.logits else F.relu(self.bn(x))
+        if self.logits:
+            return x
+        if own_statistics:
+            return F.relu(F.batch_norm(x, None, None, self.bn.weight, self.bn.bias, True, 0.0, self.bn.eps))
+        return F.relu(self.bn(x))
 
 
 class MaxPoolSame(nn.Module):
@@ -99,8 +105,10 @@ class InceptionBlock(nn.Module):
         self.b3b = Unit3D(in_channels, w3)
         self.out_channels = w0 + w1b + w2b + w3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
+    def forward(self, x: torch.Tensor, own_statistics: bool = False) -> torch.Tensor:
+        own = own_statistics
+        return torch.cat([self.b0(x, own), self.b1b(self.b1a(x, own), own), self.b2b(self.b2a(x, own), own),
+                          self.b3b(self.b3a(x), own)], dim=1)
 
 
 class InceptionI3d(nn.Module):
@@ -125,18 +133,26 @@ class InceptionI3d(nn.Module):
         self.feature_channels = channels
         self.logits = Unit3D(channels, num_classes, logits=True)
 
-    def features(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, C) features of (B, 3, T, H, W) video (E2FGVI ``extract_features(x, 'Logits')``)."""
-        x = video
-        for name, _, _, _ in ENDPOINTS:
-            x = getattr(self, name)(x)
-        return x.mean(dim=(2, 3, 4))
+    def features(self, video: torch.Tensor, *, per_video_statistics: bool = False) -> torch.Tensor:
+        """(B, C) features of (B, 3, T, H, W) video (E2FGVI ``extract_features(x, 'Logits')``).
+
+        ``per_video_statistics``: every BatchNorm normalises each video with that video's own statistics
+        (what E2FGVI / ProPainter compute, their I3D never being put in eval mode and fed one clip at a
+        time); the videos of a batch are run one by one, so a feature never depends on its batch. Otherwise
+        the running statistics (eval mode)."""
+        if per_video_statistics:
+            return torch.cat([self._endpoints(clip[None], True) for clip in video]).mean(dim=(2, 3, 4))
+        return self._endpoints(video, False).mean(dim=(2, 3, 4))
+
+    def _endpoints(self, x: torch.Tensor, own_statistics: bool) -> torch.Tensor:
+        for name, kind, _, _ in ENDPOINTS:
+            module = getattr(self, name)
+            x = module(x) if kind == "pool" else module(x, own_statistics)
+        return x
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Class logits (B, classes, T') as pytorch-i3d: average pool (2, 7, 7), then the 1x1x1 classifier."""
-        x = video
-        for name, _, _, _ in ENDPOINTS:
-            x = getattr(self, name)(x)
+        x = self._endpoints(video, False)
         x = F.avg_pool3d(x, (2, 7, 7), stride=1)
         return self.logits(x).squeeze(4).squeeze(3)
 

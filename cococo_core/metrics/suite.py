@@ -4,6 +4,7 @@ Which metrics a :class:`MetricSuite` computes depends on what it was given: BP n
 compare the result with the reference (the ground truth when there is one, else the original); CS needs a
 CLIP model with a text tower and a prompt; TC any CLIP image tower; E_warp a flow estimator; VFID the I3D
 model (per video only its features; the distance is over a dataset). Missing ones are left out of the row.
+The metrics follow the suite's :class:`~.conventions.Conventions` (default: the ``pack`` preset).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .background import background_preservation
+from .conventions import Conventions
 from .frames import as_frames
 from .peak_snr import psnr
 from .structural import WINDOW, ssim
@@ -46,6 +48,7 @@ class MetricSuite:
     clip_crop: str = "frame"
     ssim_window: int = WINDOW
     warp_flow_from: str = "result"  # or "reference": the video the flow is estimated on
+    conventions: Conventions = Conventions()
 
     def evaluate(self, original, result, *, mask=None, prompt: str | None = None, reference=None) -> PairResult:
         from .text_alignment import clip_score  # noqa: PLC0415
@@ -59,7 +62,8 @@ class MetricSuite:
         embeddings = None if self.clip is None else self.clip.image_embeddings(result / 255)  # shared by CS and TC
         if self.clip is not None and prompt and self.clip.has_text:
             values["cs"] = clip_score(result / 255, prompt, self.clip, mask=mask, crop=self.clip_crop,
-                                      image_embeddings=embeddings if self.clip_crop == "frame" else None)
+                                      image_embeddings=embeddings if self.clip_crop == "frame" else None,
+                                      clamp=self.conventions.cs_clamp)
         if mask is not None:
             values["bp"] = background_preservation(original / 255, result / 255, mask)
         if self.clip is not None:
@@ -69,11 +73,13 @@ class MetricSuite:
         backend = None
         if self.flow is not None:
             source = reference if self.warp_flow_from == "reference" else result
-            values["ewarp"] = 100 * warp_error(result / 255, flow=self.flow, flow_frames=source / 255)
+            values["ewarp"] = 100 * warp_error(result / 255, flow=self.flow, flow_frames=source / 255,
+                                               occluded=self.conventions.warp_occluded)
             backend = self.flow.name
         features = None
         if self.i3d is not None:
-            features = (i3d_features(reference / 255, self.i3d), i3d_features(result / 255, self.i3d))
+            norm = self.conventions.i3d_norm
+            features = (i3d_features(reference / 255, self.i3d, norm=norm), i3d_features(result / 255, self.i3d, norm=norm))
         return PairResult(values, backend, features)
 
 

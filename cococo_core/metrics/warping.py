@@ -12,9 +12,11 @@ B~ = W(B_t, F_t), a pixel is occluded when
     |dF_x/du|^2 + |dF_x/dv|^2 + |dF_y/du|^2 + |dF_y/dv|^2 > 0.01 |F|^2 + 0.002   (motion boundary; forward
                                                                                    differences, 0 on the last row/column)
 
-If every pixel is occluded the frame is averaged over all pixels. Lai et al. estimate the flow on the
-input video; here the caller chooses the video the flow comes from (``flow_frames``, default the measured
-video itself).
+A frame pair whose pixels are all occluded follows the ``warp_occluded`` convention (:mod:`.conventions`):
+``all-pixels`` averages its error over every pixel; ``zero`` adds 0 for it (Lai et al.'s script replaces
+``N = 0`` by H*W*C while the masked difference is 0), the pair still counting in the 1 / (T - 1) mean.
+Lai et al. estimate the flow on the input video; here the caller chooses the video the flow comes from
+(``flow_frames``, default the measured video itself).
 """
 from __future__ import annotations
 
@@ -53,10 +55,13 @@ def occlusion_mask(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tenso
     return inconsistent | boundary
 
 
-def warp_error(frames, *, flow=None, flow_frames=None, flows=None) -> float:
+def warp_error(frames, *, flow=None, flow_frames=None, flows=None, occluded: str = "all-pixels") -> float:
     """E_warp of ``frames`` (module docstring). Flows come from ``flows`` = (forward, backward), each
     (T - 1, H, W, 2), or are estimated by ``flow`` (a :class:`~.flow.FlowEstimator`) on ``flow_frames``
-    (default ``frames``). NaN for fewer than two frames."""
+    (default ``frames``). ``occluded``: "all-pixels" or "zero", for fully occluded pairs. NaN for fewer than
+    two frames."""
+    if occluded not in ("all-pixels", "zero"):
+        raise ValueError(f"occluded must be 'all-pixels' or 'zero', not {occluded!r}")
     video = as_frames(frames) / 255.0
     if video.shape[0] < 2:
         return math.nan
@@ -73,6 +78,9 @@ def warp_error(frames, *, flow=None, flow_frames=None, flows=None) -> float:
     squared = (warp_frames(video[1:], forward) - video[:-1]).pow(2).sum(-1)  # (T-1, H, W), summed over RGB
     counts = visible.sum(dim=(1, 2)) * 3
     errors = (squared * visible).sum(dim=(1, 2))
-    full = squared.sum(dim=(1, 2)) / (3 * squared.shape[1] * squared.shape[2])
+    if occluded == "zero":
+        full = torch.zeros_like(counts)
+    else:
+        full = squared.sum(dim=(1, 2)) / (3 * squared.shape[1] * squared.shape[2])
     per_frame = torch.where(counts > 0, errors / counts.clamp(min=1), full)
     return float(per_frame.mean())
