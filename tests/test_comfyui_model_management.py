@@ -182,3 +182,15 @@ def test_with_room_for_both_both_stay_loaded(budget):
     lgvi = comfy_adapter.patchers_of(run_lgvi())
     assert all(is_loaded(p) for p in cococo + lgvi)
 
+
+
+def test_lgvi_i_loads_llava_through_comfyui_and_frees_it_before_diffusion(budget, caplog):
+    (models,) = call("CoCoCoLGVIILoader", lgvi_i_model="lgvi-i", llava_model="llava-1.5-7b-hf", precision="auto")
+    with caplog.at_level("INFO", logger="root"):
+        call("CoCoCoLGVIChat", lgvi_i=models, images=frames(), request="remove the dog", max_new_tokens=4, steps=1)
+    requested = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Requested to load")]
+    assert requested[0] == "Requested to load LGVII_llava"  # ComfyUI loaded LLaVA (and made room for it) first
+    assert "Requested to load LGVI_unet" in requested[1:]
+    names = [type(p.model).__name__ for p in loaded()]
+    assert "LGVII_llava" not in names and "LGVI_unet" in names  # LLaVA freed after its answer; diffusion stays
+    assert not any("memory leak" in r.getMessage() for r in caplog.records)
