@@ -194,3 +194,13 @@ def test_lgvi_i_loads_llava_through_comfyui_and_frees_it_before_diffusion(budget
     names = [type(p.model).__name__ for p in loaded()]
     assert "LGVII_llava" not in names and "LGVI_unet" in names  # LLaVA freed after its answer; diffusion stays
     assert not any("memory leak" in r.getMessage() for r in caplog.records)
+
+
+def test_with_offload_only_the_unet_is_handed_to_comfyui(budget):
+    (model,) = call("CoCoCoModelLoader", base_model="diffusers/stable-diffusion-v1-5-inpainting",
+                    motion_model="cococo_official", precision="auto", offload=True)
+    mask = torch.ones(tw.FRAMES, tw.SIZE, tw.SIZE)
+    call("CoCoCoSampler", cococo_pipe=model, images=frames(), mask=mask, prompt="a cat", steps=1, cfg=2.0)
+    (unet,) = comfy_adapter.patchers_of(model.pipeline)
+    assert type(unet.model).__name__ == "CoCoCo_unet" and is_loaded(unet)
+    assert not {"CoCoCo_vae", "CoCoCo_text_encoder"} & {type(p.model).__name__ for p in loaded()}
