@@ -526,7 +526,8 @@ def manage(value: Any, parts: dict[str, Any], name: str | None = None) -> Any:
         raise ValueError(f"{type(value).__name__} has no module to manage")
     _MANAGED[id(value)] = patchers
     weakref.finalize(value, _MANAGED.pop, id(value), None)
-    if patcher_module is not None and getattr(value, "patcher", None) is None:
+    # (a module managing itself would then hold its own patcher: a reference cycle that only gc could free)
+    if patcher_module is not None and not isinstance(value, torch.nn.Module) and getattr(value, "patcher", None) is None:
         try:
             value.patcher = patchers[0]
         except AttributeError:  # a class with __slots__ or a read-only attribute: the RAM-cache hint is optional

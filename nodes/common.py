@@ -124,3 +124,9 @@ def on_execution_device(models, memory_required: int = 0):
         yield device
     finally:
         comfy.after_run(models)
+
+
+def modules_on_device(modules, memory_required: int = 0):
+    """:func:`on_execution_device` for plain torch modules (e.g. a tracker's): each is handed to ComfyUI's model
+    management as a model of its own, once, and lives there as long as the module does."""
+    return on_execution_device([comfy.manage(m, {"model": m}) for m in modules if m is not None], memory_required)

@@ -255,3 +255,16 @@ def test_output_path_stays_in_output_folder(tmp_path):
         for bad in ("../merged", "/tmp/merged"):
             with pytest.raises(ValueError):
                 adapter.output_path(bad, ".safetensors")
+
+
+def test_plain_modules_are_managed_one_model_each(plain_models, monkeypatch):
+    from nodes.common import modules_on_device
+
+    device = torch.device("cpu", 0)
+    monkeypatch.setattr(adapter, "torch_device", lambda: device)
+    first, second = torch.nn.Linear(2, 2), torch.nn.Conv2d(1, 1, 1)
+    with modules_on_device([first, None, second]) as where:
+        assert where == device
+        assert [p.model.device for p in adapter.patchers_of(first, second)] == [device, device]
+    assert [type(p.model).__name__ for p in adapter.patchers_of(first, second)] == ["Linear_model", "Conv2d_model"]
+    assert not hasattr(first, "patcher")
