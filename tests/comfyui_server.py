@@ -17,6 +17,7 @@ The API, kept small on purpose::
         prompt_id = comfyui.queue(prompt)           #    or step by step: queue ...
         comfyui.wait_for(lambda: ...)               #    ... poll any condition (e.g. on comfyui.messages(prompt_id))
         comfyui.interrupt(); comfyui.free()         #    POST /interrupt, POST /free
+        comfyui.probe(free_bytes=0)                 #    what ComfyUI's model management holds (tests/comfyui_probe)
         comfyui.get("/object_info"), comfyui.post("/prompt", {...}), comfyui.log()
 
 The server listens on 127.0.0.1 only, runs with ``--cpu`` and a temporary ``--base-directory`` holding this pack
@@ -42,6 +43,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "ComfyUI-CoCoCo"
+PROBE_NAME = "cococo_test_probe"
 START_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 600
 
@@ -89,12 +91,16 @@ def free_port() -> int:
 
 
 def make_base_directory(base: Path) -> Path:
-    """A ComfyUI ``--base-directory`` with this pack linked in ``custom_nodes/`` and empty model folders."""
+    """A ComfyUI ``--base-directory`` with this pack and the test probe node linked in ``custom_nodes/`` and empty
+    model folders."""
     base = Path(base)
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_NAME
     if not link.exists():
         os.symlink(ROOT, link)
+    probe = base / "custom_nodes" / PROBE_NAME  # test-only: reports ComfyUI's loaded models (tests/comfyui_probe)
+    if not probe.exists():
+        os.symlink(ROOT / "tests" / "comfyui_probe", probe)
     for folder in ("input", "output", "temp", "user", "models/checkpoints", "models/diffusers", "models/loras"):
         (base / folder).mkdir(parents=True, exist_ok=True)
     return base
@@ -195,6 +201,12 @@ class ComfyUIServer:
     def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
         """POST /free (what the frontend's *Free model and node cache* sends); ComfyUI acts on it when idle."""
         self.post("/free", {"unload_models": unload_models, "free_memory": free_memory})
+
+    def probe(self, free_bytes: int = 0) -> dict:
+        """Run the test probe node: ``{"loaded": [model class names in current_loaded_models], "replaced": [...]}``
+        (after ComfyUI freed ``free_bytes`` on its device, when given)."""
+        entry = self.run({"1": {"class_type": "CoCoCoTestProbe", "inputs": {"free_bytes": int(free_bytes)}}})
+        return json.loads(entry["outputs"]["1"]["text"][0])
 
     def wait_for(self, condition, timeout: float = RUN_TIMEOUT_S, what: str = "a condition"):
         """Poll ``condition()`` until it returns something truthy (returned); fails with the server log."""

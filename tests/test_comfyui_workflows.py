@@ -118,12 +118,22 @@ def test_cancel_stops_within_a_step_and_the_next_run_succeeds(server):
     server.run(_api("cococo_inpaint_drawn_mask.json"))
 
 
-def test_free_model_and_node_cache_releases_the_packs_models(server):
-    server.run(_api("cococo_inpaint_drawn_mask.json"))  # the model loader fills the pack's cache
-    released_before = server.log().count("cached CoCoCo model(s)")
+PACK_MODELS = {"CoCoCo_unet", "CoCoCo_vae", "CoCoCo_text_encoder"}
+
+
+def test_comfyuis_model_management_holds_and_frees_the_packs_models(server):
+    """After a run the pack's models are in ComfyUI's current_loaded_models; a memory request of another node
+    unloads them, /free (Unload models, Free model and node cache) empties the list, and the pack replaced no
+    function of comfy/model_management.py (tests/comfyui_probe reports from inside the server)."""
+    server.run(_api("cococo_inpaint_drawn_mask.json"))
+    state = server.probe()
+    assert state["replaced"] == []
+    assert PACK_MODELS <= set(state["loaded"]), state
+    assert not PACK_MODELS & set(server.probe(free_bytes=1 << 60)["loaded"])  # another node needs all the memory
+    server.run(_api("cococo_inpaint_drawn_mask.json"))  # loaded again (from RAM or from disk)
+    assert PACK_MODELS <= set(server.probe()["loaded"])
     server.free()
-    server.wait_for(lambda: server.log().count("cached CoCoCo model(s)") > released_before, timeout=60,
-                    what="the pack's cache to be released")
+    server.wait_for(lambda: not PACK_MODELS & set(server.probe()["loaded"]), timeout=60, what="/free to unload them")
     server.run(_api("cococo_inpaint_drawn_mask.json"))  # loads again
 
 

@@ -116,6 +116,14 @@ def _fake_model_management(state: dict) -> types.ModuleType:
     module.intermediate_device = lambda: torch.device("cpu")
     module.unet_dtype = (lambda device=None, model_params=0, supported_dtypes=(), weight_dtype=None:
                          state["unet_dtype"] or torch.float32)
+    # a GPU that computes in fp16 and bf16 but not fp8 (ComfyUI then casts fp8 weights to fp16), a CPU in fp32
+    module.unet_manual_cast = (lambda weight_dtype, inference_device, supported_dtypes=():
+                               None if weight_dtype == torch.float32 or (torch.device(inference_device).type == "cuda"
+                                                                          and weight_dtype in (torch.float16, torch.bfloat16))
+                               else torch.float16 if torch.device(inference_device).type == "cuda" else torch.float32)
+    module.vae_dtype = lambda device=None, allowed_dtypes=(): torch.float32
+    module.text_encoder_dtype = lambda device=None: torch.float16
+    module.get_free_memory = lambda dev=None, torch_free_too=False: 8 << 30
     module.free_memory = record("free_memory")
     module.soft_empty_cache = record("soft_empty_cache")
     module.unload_all_models = record("unload_all_models")
