@@ -351,6 +351,19 @@ def free_memory(required_bytes: int, device: torch.device) -> None:
         mm.free_memory(required_bytes, device)
 
 
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` as ComfyUI reports it (its caching allocator's free blocks included);
+    outside ComfyUI the CUDA driver's figure, and None (no known limit) for the CPU and MPS."""
+    mm = _model_management()
+    if mm is not None:
+        return int(mm.get_free_memory(device))
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    return None
+
+
 def soft_empty_cache() -> None:
     mm = _model_management()
     if mm is not None:
