@@ -122,14 +122,15 @@ def _module_bytes(modules) -> int:
 
 
 @contextlib.contextmanager
-def on_execution_device(pipe):
+def on_execution_device(pipe, working_bytes: int = 0):
     """Run a pipeline (CoCoCo or LGVI) on ComfyUI's device, then put it back on the offload device.
 
     ``pipe.to(device)`` moves what the pipeline keeps there (a CoCoCo pipeline loaded with ``offload``
-    keeps its text encoder and VAE on the CPU and moves them by itself); room is made for all of it.
+    keeps its text encoder and VAE on the CPU and moves them by itself); room is made for all of it and
+    for ``working_bytes`` of activations (``memory_options.requested_bytes``).
     """
     modules = [getattr(pipe, name, None) for name in ("unet", "vae", "text_encoder")]
-    with _on_device(pipe.to, _module_bytes(modules)):
+    with _on_device(pipe.to, _module_bytes(modules) + working_bytes):
         yield pipe
 
 

@@ -36,17 +36,29 @@ def widget_values(frame_chunk: int, split_cfg: str = AUTO) -> dict:
     return dict(frame_chunk=frame_chunk or AUTO, split_cfg=split_cfg if split_cfg == AUTO else split_cfg == "split")
 
 
+def _plan(free_bytes, height, width, frames, dtype, *, frame_chunk, split_cfg, guided, lgvi):
+    from cococo_core.pipeline import memory_plan
+
+    shape = memory_plan.LGVI_SHAPE if lgvi else memory_plan.COCOCO_SHAPE
+    return memory_plan.plan_unet_memory(free_bytes, height, width, frames, dtype, guided=guided, shape=shape,
+                                        split_available=not lgvi, **widget_values(frame_chunk, split_cfg))
+
+
+def requested_bytes(height: int, width: int, frames: int, dtype, *, frame_chunk: int = 0, split_cfg: str = AUTO,
+                    guided: bool = True, lgvi: bool = False) -> int:
+    """Working memory to ask ComfyUI to make room for before the model moves: that of the least restrictive plan
+    the widgets allow (ComfyUI evicts its own models for it where it can; :func:`plan` then fits what is free)."""
+    return _plan(None, height, width, frames, dtype, frame_chunk=frame_chunk, split_cfg=split_cfg, guided=guided,
+                 lgvi=lgvi).working_bytes
+
+
 def plan(device, height: int, width: int, frames: int, dtype, *, frame_chunk: int = 0, split_cfg: str = AUTO,
          guided: bool = True, lgvi: bool = False):
     """The :class:`~cococo_core.pipeline.memory_plan.MemoryPlan` for a U-Net call on ``frames`` frames of
     ``height`` × ``width`` working pixels, from the free memory on ``device`` (call it once the model is
     there). A plan that does not fit is logged and run anyway (ComfyUI may still free memory)."""
-    from cococo_core.pipeline import memory_plan
-
-    shape = memory_plan.LGVI_SHAPE if lgvi else memory_plan.COCOCO_SHAPE
-    chosen = memory_plan.plan_unet_memory(comfy.free_memory_bytes(device), height, width, frames, dtype,
-                                          guided=guided, shape=shape, split_available=not lgvi,
-                                          **widget_values(frame_chunk, split_cfg))
+    chosen = _plan(comfy.free_memory_bytes(device), height, width, frames, dtype, frame_chunk=frame_chunk,
+                   split_cfg=split_cfg, guided=guided, lgvi=lgvi)
     if chosen.fits:
         logger.info("memory plan: %s", chosen.describe())
     else:

@@ -173,9 +173,10 @@ class CoCoCoSampler:
         context_length = context_length or None
         context_overlap = None if context_overlap < 0 else context_overlap
         window, _ = resolve_context(video.shape[0], *geometry.latent_hw, context_length, context_overlap)
-        with on_execution_device(cococo_pipe.pipeline) as pipe:
-            plan = memory_options.plan(pipe.device, *geometry.padded_hw, min(window, video.shape[0]), pipe.unet.dtype,
-                                       frame_chunk=frame_chunk, split_cfg=split_cfg, guided=cfg > 1)
+        call = dict(height=geometry.padded_hw[0], width=geometry.padded_hw[1], frames=min(window, video.shape[0]),
+                    dtype=cococo_pipe.pipeline.unet.dtype, frame_chunk=frame_chunk, split_cfg=split_cfg, guided=cfg > 1)
+        with on_execution_device(cococo_pipe.pipeline, memory_options.requested_bytes(**call)) as pipe:
+            plan = memory_options.plan(pipe.device, **call)
             with memory_options.frame_chunk(pipe.unet, plan.frame_chunk):
                 frames = pipe(
                     video, holes, prompt, negative_prompt, num_inference_steps=steps, guidance_scale=cfg, seed=seed,

@@ -73,18 +73,25 @@ def working_size(frames: torch.Tensor, width: int, height: int) -> tuple[int, in
     return None
 
 
-@contextlib.contextmanager
-def memory_planned(pipe, frames: torch.Tensor, size, window_length: int, frame_chunk: int):
-    """With ``pipe`` on the device: its U-Net's frame_chunk for the block, chosen from the free memory when 0.
-    LGVI's three guidance passes always run one at a time (the official memory layout), so there is no
-    split-CFG choice."""
+def unet_call(pipe, frames: torch.Tensor, size, window_length: int, frame_chunk: int) -> dict:
+    """What one LGVI U-Net pass works on, for ``memory_options``. LGVI's three guidance passes always run one
+    at a time (the official memory layout), so there is no split-CFG choice."""
     from cococo_core.lgvi.video_tensor import work_size
 
     height, width = work_size(frames.shape[1], frames.shape[2], size)
-    plan = memory_options.plan(pipe.device, height, width, min(window_length, frames.shape[0]), pipe.dtype,
-                               frame_chunk=frame_chunk, lgvi=True)
-    with memory_options.frame_chunk(pipe.unet, plan.frame_chunk):
-        yield pipe
+    return dict(height=height, width=width, frames=min(window_length, frames.shape[0]), dtype=pipe.dtype,
+                frame_chunk=frame_chunk, lgvi=True)
+
+
+@contextlib.contextmanager
+def on_device_planned(pipe, frames: torch.Tensor, size, window_length: int, frame_chunk: int):
+    """``pipe`` on the device (room made for it and its working memory) with its U-Net's frame_chunk for the
+    block, chosen from the free memory when 0."""
+    call = unet_call(pipe, frames, size, window_length, frame_chunk)
+    with on_execution_device(pipe, memory_options.requested_bytes(**call)):
+        plan = memory_options.plan(pipe.device, **call)
+        with memory_options.frame_chunk(pipe.unet, plan.frame_chunk):
+            yield pipe
 
 
 def run_removal(pipe, images, *, steps, text_cfg, image_cfg, seed, window_length, window_overlap, width, height,
@@ -93,7 +100,7 @@ def run_removal(pipe, images, *, steps, text_cfg, image_cfg, seed, window_length
     frames = frames_in(images)
     size = working_size(frames, width, height)
     memory_options.widget_values(frame_chunk)
-    with on_execution_device(pipe), memory_planned(pipe, frames, size, window_length, frame_chunk):
+    with on_device_planned(pipe, frames, size, window_length, frame_chunk):
         result = pipe(frames, num_inference_steps=steps, guidance_scale=text_cfg, image_guidance_scale=image_cfg,
                       seed=seed, size=size, window_length=window_length, window_overlap=window_overlap, eta=eta,
                       callback=progress("LGVI"), cancel=comfy.interrupt_check(), **conditioning)
@@ -278,8 +285,7 @@ class CoCoCoLGVIChat:
         with contextlib.ExitStack() as stack:
             def diffusion_model(path, **_):  # after the chat model is freed: the cached pipeline, on the device
                 pipe = load_lgvi_path(Path(path), dtype, text_encoder=False)
-                stack.enter_context(on_execution_device(pipe))
-                return stack.enter_context(memory_planned(pipe, frames, size, sampling["window_length"], frame_chunk))
+                return stack.enter_context(on_device_planned(pipe, frames, size, sampling["window_length"], frame_chunk))
 
             result = remove_with_chat(
                 frames, request, lgvi_path=lgvi_i.lgvi_path, llava_path=lgvi_i.llava_path, clip_path=lgvi_i.clip_path,

@@ -131,3 +131,17 @@ def test_bad_widget_values_are_refused_before_running(cococo_model):
         _sample(cococo_model, images, mask, split_cfg="sometimes")
     with pytest.raises(ValueError, match="frame_chunk"):
         memory_options.widget_values(-1)
+
+
+def test_comfyui_is_asked_for_the_weights_and_the_working_memory(cococo_model, monkeypatch):
+    """Before the model moves, ComfyUI is asked to make room for its weights plus the working memory of the least
+    restrictive plan the widgets allow (batched, all frames for auto; what the explicit values give otherwise)."""
+    asked = []
+    monkeypatch.setattr(comfy_adapter, "free_memory", lambda required, device: asked.append(required))
+    pipe = cococo_model.pipeline
+    weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+    images, mask = _video(frames=3, height=64, width=64), torch.ones(3, 64, 64)
+    _sample(cococo_model, images, mask)
+    _sample(cococo_model, images, mask, frame_chunk=1, split_cfg="split")
+    assert asked[0] == weights + memory_plan.unet_working_bytes(64, 64, 3, torch.float64, batch=2)
+    assert asked[1] == weights + memory_plan.unet_working_bytes(64, 64, 3, torch.float64, batch=1, frame_chunk=1)
