@@ -12,16 +12,22 @@ and is looked up at call time, so the nodes also run (and are tested) without Co
 - progress: ``comfy.utils.ProgressBar`` (whose hook is also ComfyUI's cancel point), otherwise tqdm;
 - interruption: ``throw_exception_if_processing_interrupted`` (raises ComfyUI's own exception),
   otherwise a flag set by :func:`request_cancel`;
-- a small cache of loaded models, emptied on request and when ComfyUI unloads all models.
+- model management: every model a node loads is handed to ComfyUI as ``ModelPatcher``s (:func:`manage`) and
+  loaded with ``load_models_gpu`` and an estimate of the run's working memory (:func:`load_for_run`), so ComfyUI
+  offloads it when others need the room and unloads it on *Unload models* / ``/free``; no ComfyUI function or
+  global is replaced. Outside ComfyUI the modules are moved to the device for a run and back;
+- a cache of loaded models by file signature (weak inside ComfyUI, whose node cache owns loader outputs).
 """
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import importlib
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Hashable
@@ -161,7 +167,6 @@ def register_model_folders() -> None:
             os.makedirs(path, exist_ok=True)
         except OSError as error:
             logger.warning("could not create the model folder %s: %s", path, error)
-    _install_unload_hook()
 
 
 def model_folders(key: str) -> list[Path]:
@@ -330,18 +335,59 @@ def intermediate_device() -> torch.device:
     return mm.intermediate_device() if mm is not None else torch.device("cpu")
 
 
-def model_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``precision`` from a widget; "auto" asks ComfyUI (fp16 on capable GPUs, fp32 on CPU/MPS)."""
+def model_dtype(precision: str, device: torch.device, kind: str = "unet") -> torch.dtype:
+    """``precision`` from a widget; "auto" is :func:`default_dtype` (ComfyUI's choice for ``kind`` on ``device``)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return _DTYPES[precision]
+    return default_dtype(kind, device)
+
+
+DTYPE_KINDS = ("unet", "vae", "text_encoder")
+# ComfyUI runs the SD-1.x VAE in bf16 or fp32, never fp16 (its VAE's working dtypes: fp16 overflows in the decoder)
+VAE_WORKING_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def default_dtype(kind: str = "unet", device: torch.device | None = None) -> torch.dtype:
+    """The dtype a ``kind`` of model ("unet", "vae", "text_encoder") computes in on ``device`` by default.
+
+    Inside ComfyUI: what ComfyUI picks for that kind (``unet_dtype`` / ``vae_dtype`` / ``text_encoder_dtype``, so
+    its command-line flags such as ``--fp16-unet`` or ``--bf16-vae`` apply); where that is a storage type the
+    device cannot compute in (fp8, or fp16 on a CPU), its manual-cast dtype (``unet_manual_cast``), since the
+    pack's modules keep their weights in the dtype they compute in. Outside ComfyUI: fp16 on CUDA, else fp32.
+    """
+    if kind not in DTYPE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(DTYPE_KINDS)}, got {kind!r}")
+    device = torch.device(device) if device is not None else torch_device()
+    mm = _model_management()
+    if mm is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if kind == "unet":
+        stored = mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    elif kind == "vae":
+        stored = mm.vae_dtype(device=device, allowed_dtypes=list(VAE_WORKING_DTYPES))
+    else:
+        stored = mm.text_encoder_dtype(device)
+    computed = mm.unet_manual_cast(stored, device) or stored
+    return computed if computed in _DTYPES.values() else torch.float32
+
+
+def free_memory_bytes(device: torch.device | None = None) -> int:
+    """Free memory on ``device`` (default: the execution device) as ComfyUI reports it (on a CPU: available RAM);
+    outside ComfyUI from torch (CUDA) or the operating system."""
+    device = torch.device(device) if device is not None else torch_device()
     mm = _model_management()
     if mm is not None:
-        dtype = mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
-        if dtype in _DTYPES.values():
-            return dtype  # fp8 storage types are ComfyUI-only; diffusers modules compute in fp16 instead
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+        return int(mm.get_free_memory(device))
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def free_memory(required_bytes: int, device: torch.device) -> None:
@@ -349,19 +395,6 @@ def free_memory(required_bytes: int, device: torch.device) -> None:
     mm = _model_management()
     if mm is not None and torch.device(device).type != "cpu":
         mm.free_memory(required_bytes, device)
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device`` as ComfyUI reports it (its caching allocator's free blocks included);
-    outside ComfyUI the CUDA driver's figure, and None (no known limit) for the CPU and MPS."""
-    mm = _model_management()
-    if mm is not None:
-        return int(mm.get_free_memory(device))
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    return None
 
 
 def soft_empty_cache() -> None:
@@ -425,6 +458,162 @@ def interrupt_check() -> Callable[[], bool]:
     return cancel
 
 
+# --- ComfyUI model management ---------------------------------------------------------------------
+
+class ModuleGroup(torch.nn.Module):
+    """The torch modules of one pack model (e.g. a pipeline's U-Net), as ComfyUI's ``ModelPatcher`` wants its
+    ``model``: a plain ``device`` attribute it may set (diffusers and transformers models have a read-only
+    ``device`` property) and ``get_dtype()``. The modules stay shared with the library object that uses them."""
+
+    def __init__(self, parts: dict[str, torch.nn.Module]):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(parts)
+        tensor = next(iter(self.state_dict().values()), None)
+        self.device = tensor.device if tensor is not None else torch.device("cpu")
+
+    def get_dtype(self) -> torch.dtype | None:
+        for tensor in self.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return None
+
+
+@functools.cache
+def _group_class(name: str) -> type:
+    """A :class:`ModuleGroup` subclass named after the model, so ComfyUI's log says what it loads."""
+    return type(name, (ModuleGroup,), {"__doc__": f"{name}: {ModuleGroup.__doc__}"})
+
+
+class _LocalPatcher:
+    """Outside ComfyUI: the same modules, moved by :func:`load_for_run` and back by :func:`after_run`."""
+
+    def __init__(self, model: ModuleGroup, load_device: torch.device, offload_device: torch.device):
+        self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+    def model_size(self) -> int:
+        return sum(t.nbytes for t in self.model.state_dict().values())
+
+
+_MANAGED: dict[int, list] = {}  # id(value) -> its patchers, while value lives
+
+
+def manage(value: Any, parts: dict[str, Any], name: str | None = None) -> Any:
+    """Hand the modules of ``value`` (a pipeline, detector, ...) to ComfyUI's model management and return ``value``.
+
+    Each entry of ``parts`` (a module, or a dict of modules that load together) becomes one
+    ``comfy.model_patcher.ModelPatcher`` (None entries and None modules are skipped), loaded to
+    ComfyUI's device by :func:`load_for_run`, listed in ``current_loaded_models``, offloaded when other models need
+    the room and released by *Unload models* / ``/free``. The patchers live as long as ``value``; ``value.patcher``
+    (when settable) names the first, which ComfyUI's RAM-pressure node cache recognises as a model. Outside
+    ComfyUI the modules are moved by hand instead. A second call for the same object returns it unchanged.
+    """
+    if id(value) in _MANAGED:
+        return value
+    mm = _model_management()
+    patcher_module = _optional_module("comfy.model_patcher") if mm is not None else None
+    load_device, offload = torch_device(), offload_device()
+    patchers = []
+    for part, modules in parts.items():
+        modules = {k: m for k, m in (modules if isinstance(modules, dict) else {part: modules}).items() if m is not None}
+        if not modules:
+            continue
+        group = _group_class(f"{name or type(value).__name__}_{part}")(modules)
+        if patcher_module is not None:
+            patchers.append(patcher_module.ModelPatcher(group, load_device=load_device, offload_device=offload))
+        else:
+            patchers.append(_LocalPatcher(group, load_device, offload))
+    if not patchers:
+        raise ValueError(f"{type(value).__name__} has no module to manage")
+    _MANAGED[id(value)] = patchers
+    weakref.finalize(value, _MANAGED.pop, id(value), None)
+    if patcher_module is not None and getattr(value, "patcher", None) is None:
+        try:
+            value.patcher = patchers[0]
+        except AttributeError:  # a class with __slots__ or a read-only attribute: the RAM-cache hint is optional
+            pass
+    return value
+
+
+def patchers_of(*values: Any) -> list:
+    """The patchers :func:`manage` made for ``values`` (patchers given directly pass through)."""
+    found = []
+    for value in values:
+        if value is None:
+            continue
+        patchers = _MANAGED.get(id(value))
+        if patchers is None:
+            if not hasattr(value, "load_device"):
+                raise ValueError(f"{type(value).__name__} was not handed to ComfyUI's model management (manage())")
+            patchers = [value]
+        found += [p for p in patchers if p not in found]
+    return found
+
+
+def load_for_run(models, memory_required: int = 0) -> torch.device:
+    """Load ``models`` (managed values or their patchers) on ComfyUI's device for a run that needs
+    ``memory_required`` bytes of working memory besides the weights; returns the execution device.
+
+    Inside ComfyUI this is ``comfy.model_management.load_models_gpu``: ComfyUI first offloads other models (its own
+    and the pack's) until the weights plus ``memory_required`` fit, then loads these completely (the pack's modules
+    are plain torch layers that cannot run with part of their weights left in RAM). They stay loaded after the
+    run, listed in ``current_loaded_models``, until ComfyUI needs the room. Outside ComfyUI the modules move to
+    the device; :func:`after_run` moves them back.
+    """
+    patchers = patchers_of(*models) if isinstance(models, (list, tuple)) else patchers_of(models)
+    mm = _model_management()
+    device = torch_device()
+    if not patchers:
+        return device
+    if mm is not None and not isinstance(patchers[0], _LocalPatcher):
+        mm.load_models_gpu(patchers, memory_required=int(memory_required), force_full_load=True)
+        for patcher in patchers:  # modules shared between two models (personalized copies) may have moved away
+            patcher.model.to(patcher.load_device)
+        return patchers[0].load_device
+    for patcher in patchers:
+        patcher.model.to(device)
+        patcher.model.device = device
+    return device
+
+
+def after_run(models) -> None:
+    """Outside ComfyUI: move ``models`` back to the offload device and empty the cache. Inside ComfyUI nothing
+    happens: ComfyUI keeps them loaded and offloads them when it needs the room."""
+    patchers = patchers_of(*models) if isinstance(models, (list, tuple)) else patchers_of(models)
+    local = [p for p in patchers if isinstance(p, _LocalPatcher)]
+    for patcher in local:
+        if patcher.offload_device != patcher.load_device:
+            patcher.model.to(patcher.offload_device)
+            patcher.model.device = patcher.offload_device
+    if local:
+        soft_empty_cache()
+
+
+def loaded_models() -> list:
+    """The patchers ComfyUI holds loaded right now (``current_loaded_models``); [] outside ComfyUI."""
+    mm = _model_management()
+    if mm is None:
+        return []
+    return [loaded.model for loaded in mm.current_loaded_models if loaded.model is not None]
+
+
+def unload(models) -> None:
+    """Take ``models`` off ComfyUI's device now (the *CoCoCo Release Models* node), through ComfyUI's own
+    ``LoadedModel.model_unload`` so its list stays right; outside ComfyUI: :func:`after_run`."""
+    patchers = patchers_of(*models) if isinstance(models, (list, tuple)) else patchers_of(models)
+    mm = _model_management()
+    if not patchers:
+        return
+    if mm is None or isinstance(patchers[0], _LocalPatcher):
+        after_run(patchers)
+        return
+    for index in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[index]
+        if any(loaded.model is p for p in patchers):
+            loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+    soft_empty_cache()
+
+
 # --- loaded-model cache ------------------------------------------------------------------------
 
 def file_signature(path: Path) -> tuple:
@@ -442,7 +631,12 @@ def file_signature(path: Path) -> tuple:
 
 
 class ModelCache:
-    """Keeps the last ``per_slot`` loaded objects per slot (e.g. one per loader node type)."""
+    """Loaded models by file signature, so a second loader of the same file reuses the first's model.
+
+    Inside ComfyUI it keeps them weakly: ComfyUI's node cache owns a loader's output (and drops it on *Free model
+    and node cache* or under RAM pressure), and the model's weights are under ComfyUI's model management. Outside
+    ComfyUI nothing else would keep them, so it holds the last ``per_slot`` per slot (e.g. one per loader type).
+    """
 
     def __init__(self, per_slot: int = 1):
         self.per_slot = per_slot
@@ -452,31 +646,56 @@ class ModelCache:
     def get_or_load(self, slot: str, key: Hashable, load: Callable[[], Any]) -> Any:
         with self._lock:
             entries = self._slots.setdefault(slot, collections.OrderedDict())
-            if key in entries:
+            value = _live(entries.get(key))
+            if value is not None:
                 entries.move_to_end(key)
                 logger.debug("reusing the loaded %s", slot)
-                return entries[key]
+                return value
         value = load()
         with self._lock:
             entries = self._slots.setdefault(slot, collections.OrderedDict())
-            entries[key] = value
+            entries[key] = _weak_or_strong(value) if in_comfyui() else value
+            for stale in [k for k, v in entries.items() if _live(v) is None]:
+                del entries[stale]
             while len(entries) > self.per_slot:
                 entries.popitem(last=False)
         return value
 
     def __len__(self) -> int:
-        return sum(len(entries) for entries in self._slots.values())
+        with self._lock:
+            return sum(1 for entries in self._slots.values() for v in entries.values() if _live(v) is not None)
+
+    def values(self) -> list:
+        with self._lock:
+            return [v for entries in self._slots.values() for v in map(_live, entries.values()) if v is not None]
 
     def release(self, slot: str | None = None) -> int:
-        """Drop cached models (all, or one slot); returns how many were dropped."""
+        """Unload the cached models from ComfyUI's device and forget them (all, or one slot); returns how many."""
         with self._lock:
             slots = list(self._slots) if slot is None else [slot]
-            dropped = sum(len(self._slots.pop(name, {})) for name in slots)
+            dropped = [v for name in slots for v in map(_live, self._slots.pop(name, {}).values()) if v is not None]
+        managed = [value for value in dropped if id(value) in _MANAGED]
+        if managed:
+            unload(managed)
         if dropped:
+            count = len(dropped)
+            del dropped, managed
             gc.collect()
             soft_empty_cache()
-            logger.info("released %d cached CoCoCo model(s)", dropped)
-        return dropped
+            logger.info("released %d cached CoCoCo model(s)", count)
+            return count
+        return 0
+
+
+def _weak_or_strong(value):
+    try:
+        return weakref.ref(value)
+    except TypeError:  # not weak-referenceable (e.g. a tuple): kept like outside ComfyUI
+        return value
+
+
+def _live(entry):
+    return entry() if isinstance(entry, weakref.ref) else entry
 
 
 def cache_size_from_environment(name: str = "COCOCO_CACHE_PER_LOADER", default: int = 1) -> int:
@@ -495,19 +714,3 @@ def cache_size_from_environment(name: str = "COCOCO_CACHE_PER_LOADER", default: 
 
 
 MODEL_CACHE = ModelCache(per_slot=cache_size_from_environment())
-
-
-def _install_unload_hook() -> None:
-    """Empty the cache whenever ComfyUI unloads all models (the 'Free model and node cache' button)."""
-    mm = _model_management()
-    if mm is None or getattr(mm.unload_all_models, "_cococo_release", False):
-        return
-    original = mm.unload_all_models
-
-    def unload_all_models(*args, **kwargs):
-        MODEL_CACHE.release()
-        return original(*args, **kwargs)
-
-    unload_all_models._cococo_release = True
-    unload_all_models.__wrapped__ = original
-    mm.unload_all_models = unload_all_models

@@ -117,50 +117,17 @@ def progress(description: str) -> comfy.Progress:
     return comfy.Progress(description, preview=latent_preview)
 
 
-def _module_bytes(modules) -> int:
-    return sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())
-
-
 @contextlib.contextmanager
-def on_execution_device(pipe, working_bytes: int = 0):
-    """Run a pipeline (CoCoCo or LGVI) on ComfyUI's device, then put it back on the offload device.
+def on_execution_device(models, memory_required: int = 0):
+    """Run the block with ``models`` (objects handed to :func:`comfy_adapter.manage`, or their patchers) loaded
+    on ComfyUI's device for a run needing ``memory_required`` bytes of working memory; yields the device.
 
-    ``pipe.to(device)`` moves what the pipeline keeps there (a CoCoCo pipeline loaded with ``offload``
-    keeps its text encoder and VAE on the CPU and moves them by itself); room is made for all of it and
-    for ``working_bytes`` of activations (``memory_options.requested_bytes``).
+    Inside ComfyUI they stay loaded afterwards (ComfyUI offloads them when another model needs the room, and
+    unloads them on *Unload models* / ``/free``); outside ComfyUI they go back to the CPU.
     """
-    modules = [getattr(pipe, name, None) for name in ("unet", "vae", "text_encoder")]
-    with _on_device(pipe.to, _module_bytes(modules) + working_bytes):
-        yield pipe
-
-
-def modules_on_device(modules, reserve=None):
-    """Move ``modules`` to ComfyUI's device for the block and back to the offload device after it.
-
-    ComfyUI first evicts its own models to make room for ``reserve`` (default: the modules). Yields the
-    execution device.
-    """
-    return _on_device(lambda device: _place(modules, device),
-                      _module_bytes(reserve if reserve is not None else modules))
-
-
-@contextlib.contextmanager
-def _on_device(move, reserve_bytes: int):
-    """``move(device)`` for the block after ComfyUI freed ``reserve_bytes`` there; afterwards
-    ``move(offload device)`` (unless ComfyUI keeps models on the device, e.g. --highvram), so other nodes
-    get the memory back."""
-    device, offload = comfy.torch_device(), comfy.offload_device()
-    comfy.free_memory(reserve_bytes, device)
-    move(device)
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    device = comfy.load_for_run(models, memory_required)
     try:
         yield device
     finally:
-        if offload != device:
-            move(offload)
-            comfy.soft_empty_cache()
-
-
-def _place(modules, device: torch.device) -> None:
-    for module in modules:
-        if module is not None:
-            module.to(device)
+        comfy.after_run(models)

@@ -44,14 +44,6 @@ def _plan(free_bytes, height, width, frames, dtype, *, frame_chunk, split_cfg, g
                                         split_available=not lgvi, **widget_values(frame_chunk, split_cfg))
 
 
-def requested_bytes(height: int, width: int, frames: int, dtype, *, frame_chunk: int = 0, split_cfg: str = AUTO,
-                    guided: bool = True, lgvi: bool = False) -> int:
-    """Working memory to ask ComfyUI to make room for before the model moves: that of the least restrictive plan
-    the widgets allow (ComfyUI evicts its own models for it where it can; :func:`plan` then fits what is free)."""
-    return _plan(None, height, width, frames, dtype, frame_chunk=frame_chunk, split_cfg=split_cfg, guided=guided,
-                 lgvi=lgvi).working_bytes
-
-
 def plan(device, height: int, width: int, frames: int, dtype, *, frame_chunk: int = 0, split_cfg: str = AUTO,
          guided: bool = True, lgvi: bool = False):
     """The :class:`~cococo_core.pipeline.memory_plan.MemoryPlan` for a U-Net call on ``frames`` frames of

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import comfy_adapter as comfy
-from . import memory_options, model_filters
+from . import memory_estimate, memory_options, model_filters
 from .common import (CATEGORY, COCOCO_PIPE, check_model, files_changed, frames_in, frames_out, mask_in, model_input,
                      on_execution_device, precision_input, progress, seed_input, text_input)
 
@@ -23,6 +23,11 @@ class CoCoCoModel:
     recipe: object = None
     report: str = ""
     lineage: tuple = field(default=())
+
+    @property
+    def patcher(self):
+        """The U-Net's ComfyUI ModelPatcher (ComfyUI's RAM-pressure node cache recognises models by it)."""
+        return getattr(self.pipeline, "patcher", None)
 
 
 def base_model_names() -> list[str]:
@@ -50,22 +55,61 @@ def resolve_base(base_model: str) -> tuple[Path, Path | None]:
     return path, tokenizer
 
 
+def manage_pipeline(pipeline):
+    """Hand a ``CoCoCoPipeline``'s modules to ComfyUI's model management: the U-Net, and the VAE and text encoder
+    unless the pipeline offloads them itself (then they visit the device only while they run, and their bytes
+    count as the run's working memory, see :func:`run_memory`). Once per pipeline; returns it."""
+    parts = {"unet": pipeline.unet}
+    if not pipeline.offload:
+        parts.update(vae=pipeline.vae, text_encoder=pipeline.text_encoder)
+    return comfy.manage(pipeline, parts, name="CoCoCo")
+
+
 def load_pipeline(base_model: str, motion_model: str, precision: str, offload: bool):
-    """A :class:`CoCoCoModel` around a cached ``CoCoCoPipeline`` on the offload device (it visits the GPU
-    only while sampling)."""
+    """A :class:`CoCoCoModel` around a cached ``CoCoCoPipeline``, loaded on ComfyUI's offload device and handed to
+    its model management (:func:`manage_pipeline`), in the dtypes ComfyUI picks for a U-Net and a VAE on its
+    device unless ``precision`` says otherwise."""
     base, tokenizer = resolve_base(base_model)
     motion = comfy.resolve_model("cococo", motion_model)
-    dtype = comfy.model_dtype(precision, comfy.torch_device())
-    key = (comfy.file_signature(base), comfy.file_signature(motion), str(dtype), bool(offload))
+    device = comfy.torch_device()
+    dtype = comfy.model_dtype(precision, device)
+    vae_dtype = comfy.model_dtype(precision, device, kind="vae")
+    key = (comfy.file_signature(base), comfy.file_signature(motion), str(dtype), str(vae_dtype), bool(offload))
 
     def load():
         from cococo_core.pipeline import CoCoCoPipeline
 
-        return CoCoCoPipeline.from_pretrained(str(base), str(motion), tokenizer=tokenizer and str(tokenizer),
-                                              device=comfy.offload_device(), dtype=dtype, offload=offload)
+        return manage_pipeline(CoCoCoPipeline.from_pretrained(
+            str(base), str(motion), tokenizer=tokenizer and str(tokenizer), device=comfy.offload_device(),
+            dtype=dtype, vae_dtype=vae_dtype, offload=offload))
 
     pipeline = comfy.MODEL_CACHE.get_or_load("cococo_pipe", key, load)
     return CoCoCoModel(pipeline, base, motion, lineage=key)
+
+
+def _bytes(module) -> int:
+    return 0 if module is None else sum(t.nbytes for t in module.state_dict().values())
+
+
+def run_memory(pipeline, images, *, width: int = 0, height: int = 0, cfg: float = 14.0, context_length: int = 0,
+               split_cfg: bool = False, frame_chunk: int | None = None) -> int:
+    """Bytes of working memory a CoCoCo run of ``images`` needs besides the loaded weights
+    (:func:`memory_estimate.cococo_run_bytes` at the working size), plus the VAE and text encoder when the
+    pipeline offloads them (they then visit the device during the run)."""
+    from cococo_core.pipeline.frames import plan_geometry
+
+    frames, in_h, in_w = images.shape[:3]
+    geometry = plan_geometry(in_h, in_w, work_width=width or None, work_height=height or None)
+    work_h, work_w = geometry.padded_hw
+    unet_dtype = next(pipeline.unet.parameters()).dtype
+    vae_dtype = next(pipeline.vae.parameters()).dtype
+    need = memory_estimate.cococo_run_bytes(
+        work_w, work_h, frames, frame_chunk=frame_chunk or pipeline.unet.frame_chunk, split_cfg=split_cfg,
+        guidance=cfg > 1, context_length=context_length or None, dtype=unet_dtype, vae_dtype=vae_dtype,
+        vae_frames=pipeline.vae_chunk)
+    if pipeline.offload:
+        need += max(_bytes(pipeline.vae), _bytes(pipeline.text_encoder))
+    return need
 
 
 class CoCoCoModelLoader:
@@ -173,10 +217,14 @@ class CoCoCoSampler:
         context_length = context_length or None
         context_overlap = None if context_overlap < 0 else context_overlap
         window, _ = resolve_context(video.shape[0], *geometry.latent_hw, context_length, context_overlap)
-        call = dict(height=geometry.padded_hw[0], width=geometry.padded_hw[1], frames=min(window, video.shape[0]),
-                    dtype=cococo_pipe.pipeline.unet.dtype, frame_chunk=frame_chunk, split_cfg=split_cfg, guided=cfg > 1)
-        with on_execution_device(cococo_pipe.pipeline, memory_options.requested_bytes(**call)) as pipe:
-            plan = memory_options.plan(pipe.device, **call)
+        pipe = manage_pipeline(cococo_pipe.pipeline)
+        # ComfyUI makes room for the least restrictive plan the widgets allow; the plan then fits what is free
+        memory = run_memory(pipe, images, width=width, height=height, cfg=cfg, context_length=context_length or 0,
+                            split_cfg=split_cfg == "split", frame_chunk=frame_chunk or None)
+        with on_execution_device(pipe, memory) as device:
+            pipe.to(device)  # where ComfyUI loaded the U-Net (VAE/text encoder: there too, or on the CPU if offloading)
+            plan = memory_options.plan(device, *geometry.padded_hw, min(window, video.shape[0]), pipe.unet.dtype,
+                                       frame_chunk=frame_chunk, split_cfg=split_cfg, guided=cfg > 1)
             with memory_options.frame_chunk(pipe.unet, plan.frame_chunk):
                 frames = pipe(
                     video, holes, prompt, negative_prompt, num_inference_steps=steps, guidance_scale=cfg, seed=seed,

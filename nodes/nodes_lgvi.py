@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import comfy_adapter as comfy
-from . import memory_options, model_filters
+from . import memory_estimate, memory_options, model_filters
 from .common import (CATEGORY, LGVI_PIPE, LGVII_CONVERSATION, LGVII_PIPE, check_model, files_changed, frames_in, frames_out, mask_out,
                      model_input, on_execution_device, precision_input, progress, seed_input, text_input)
 
@@ -18,20 +18,39 @@ logger = logging.getLogger(__name__)
 
 
 def load_lgvi_path(path: Path, dtype: torch.dtype, text_encoder: bool):
-    """A cached ``LGVIPipeline`` on the offload device (it visits the GPU only while removing)."""
+    """A cached ``LGVIPipeline`` on ComfyUI's offload device, its U-Net, VAE and text encoder handed to ComfyUI's
+    model management."""
     key = (comfy.file_signature(path), str(dtype), text_encoder)
 
     def load():
         from cococo_core.lgvi import LGVIPipeline
 
-        return LGVIPipeline.from_pretrained(path, device=comfy.offload_device(), dtype=dtype, text_encoder=text_encoder)
+        return manage_pipeline(LGVIPipeline.from_pretrained(path, device=comfy.offload_device(), dtype=dtype,
+                                                            text_encoder=text_encoder))
 
     return comfy.MODEL_CACHE.get_or_load("lgvi_pipe", key, load)
+
+
+def manage_pipeline(pipeline):
+    """Hand an ``LGVIPipeline``'s U-Net, VAE and text encoder to ComfyUI's model management (once)."""
+    return comfy.manage(pipeline, {"unet": pipeline.unet, "vae": pipeline.vae, "text_encoder": pipeline.text_encoder},
+                        name="LGVI")
 
 
 def load_lgvi(lgvi_model: str, precision: str, text_encoder: bool):
     path = comfy.resolve_model("lgvi", lgvi_model)
     return load_lgvi_path(path, comfy.model_dtype(precision, comfy.torch_device()), text_encoder)
+
+
+def run_memory(pipe, frames: torch.Tensor, size, window_length: int, frame_chunk: int = 0) -> int:
+    """Bytes of working memory an LGVI removal of ``frames`` needs besides the loaded weights
+    (:func:`memory_estimate.lgvi_run_bytes` at the working size), with the widget's ``frame_chunk`` (0, auto:
+    all frames at once, the most ComfyUI should make room for; the plan then fits what is free)."""
+    from cococo_core.lgvi.video_tensor import work_size
+
+    height, width = work_size(frames.shape[1], frames.shape[2], size)
+    return memory_estimate.lgvi_run_bytes(width, height, frames.shape[0], window_length=window_length,
+                                          dtype=pipe.dtype, frame_chunk=frame_chunk or None)
 
 
 def sampling_inputs() -> dict:
@@ -88,8 +107,9 @@ def on_device_planned(pipe, frames: torch.Tensor, size, window_length: int, fram
     """``pipe`` on the device (room made for it and its working memory) with its U-Net's frame_chunk for the
     block, chosen from the free memory when 0."""
     call = unet_call(pipe, frames, size, window_length, frame_chunk)
-    with on_execution_device(pipe, memory_options.requested_bytes(**call)):
-        plan = memory_options.plan(pipe.device, **call)
+    memory = run_memory(pipe, frames, size, window_length, frame_chunk)
+    with on_execution_device(manage_pipeline(pipe), memory) as device:
+        plan = memory_options.plan(device, **call)
         with memory_options.frame_chunk(pipe.unet, plan.frame_chunk):
             yield pipe
 
@@ -195,6 +215,28 @@ def _weight_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.suffix in comfy.WEIGHT_EXTENSIONS)
 
 
+# LLaVA-1.5-7B's working memory for one answer: its fp16 KV cache for ~2019 tokens (docs/lgvi.md "Benchmark":
+# 32 layers x 2 x 4096 x 2 bytes per token) plus the logits and activations of one step, rounded up
+CHAT_WORKING_BYTES = 1 << 30
+
+
+def load_chat(llava_path, llava_weights, *, clip_path=None, device=None, dtype=None, quantization=None):
+    """LGVI-I's chat model (LLaVA + transfer head) under ComfyUI's model management: loaded on the offload device,
+    handed to ComfyUI and loaded for the answer (ComfyUI first offloads what it needs to), freed by the library
+    after the answer. 8/4-bit models (bitsandbytes) load straight onto the device and cannot move; ComfyUI only
+    makes room for them."""
+    from cococo_core.lgvi import LGVIChat
+
+    if quantization is not None:
+        comfy.free_memory(_weight_bytes(llava_path) + CHAT_WORKING_BYTES, device)
+        return LGVIChat.load(llava_path, llava_weights, clip_path=clip_path, device=device, dtype=dtype,
+                             quantization=quantization)
+    chat = LGVIChat.load(llava_path, llava_weights, clip_path=clip_path, device=comfy.offload_device(), dtype=dtype)
+    comfy.manage(chat, {"llava": {"model": chat.model, "transfer_head": chat.transfer_head}}, name="LGVII")
+    comfy.load_for_run([chat], CHAT_WORKING_BYTES)
+    return chat
+
+
 class CoCoCoLGVIILoader:
     @classmethod
     def INPUT_TYPES(cls):
@@ -281,7 +323,6 @@ class CoCoCoLGVIChat:
         frames = frames_in(images)
         size = working_size(frames, sampling["width"], sampling["height"])
         cancel = comfy.interrupt_check()
-        comfy.free_memory(_weight_bytes(lgvi_i.llava_path), device)  # room for LLaVA, loaded straight to the device
         with contextlib.ExitStack() as stack:
             def diffusion_model(path, **_):  # after the chat model is freed: the cached pipeline, on the device
                 pipe = load_lgvi_path(Path(path), dtype, text_encoder=False)
@@ -292,7 +333,8 @@ class CoCoCoLGVIChat:
                 # a copy: the follow-up must not grow the conversation ComfyUI cached as the earlier node's output
                 session=copy.deepcopy(conversation),
                 device=device, dtype=dtype, quantization=lgvi_i.quantization, seed=sampling["seed"],
-                temperature=temperature, max_new_tokens=max_new_tokens, pipeline_loader=diffusion_model,
+                temperature=temperature, max_new_tokens=max_new_tokens, chat_loader=load_chat,
+                pipeline_loader=diffusion_model,
                 num_inference_steps=sampling["steps"], guidance_scale=sampling["text_cfg"],
                 image_guidance_scale=sampling["image_cfg"], size=size, window_length=sampling["window_length"],
                 window_overlap=sampling["window_overlap"], eta=eta, callback=progress("LGVI-I"), cancel=cancel,

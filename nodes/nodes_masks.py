@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from . import comfy_adapter as comfy
 from .common import (CATEGORY, GDINO_MODEL, SAM_MODEL, check_model, files_changed, frames_in, frames_out, mask_out,
-                     model_input, modules_on_device, text_input)
+                     model_input, on_execution_device, text_input)
 
 PRECISION_INPUT = (list(comfy.PRECISIONS), {"default": "fp32", "tooltip": "Weight and compute dtype (fp32 is the "
                    "safe choice for detection; auto: ComfyUI's choice)."})
+
+
+def manage(model, name: str):
+    """Hand a GroundingDINO ``Detector`` / SAM ``Segmenter``'s torch model to ComfyUI's model management (once)."""
+    return comfy.manage(model, {"model": model.model}, name=name)
 
 
 class _MaskModelLoader:
@@ -15,6 +20,7 @@ class _MaskModelLoader:
 
     KEY = ""
     LOADER = ""  # the cococo_core.masks function that loads it
+    MANAGED_NAME = ""  # what ComfyUI's model management calls it
     WHAT = ""  # tooltip of the model_name combo
     FUNCTION = "load"
     CATEGORY = f"{CATEGORY}/loaders"
@@ -37,13 +43,15 @@ class _MaskModelLoader:
         path = comfy.resolve_model(self.KEY, model_name)
         dtype = comfy.model_dtype(precision, comfy.torch_device())
         loader = getattr(cococo_core.masks, self.LOADER)
-        model = comfy.MODEL_CACHE.get_or_load(self.KEY, (comfy.file_signature(path), str(dtype)),
-                                              lambda: loader(path, device=comfy.offload_device(), dtype=dtype))
-        return (model,)
+
+        def load():
+            return manage(loader(path, device=comfy.offload_device(), dtype=dtype), self.MANAGED_NAME)
+
+        return (comfy.MODEL_CACHE.get_or_load(self.KEY, (comfy.file_signature(path), str(dtype)), load),)
 
 
 class CoCoCoGroundingDinoLoader(_MaskModelLoader):
-    KEY, LOADER = "grounding-dino", "load_detector"
+    KEY, LOADER, MANAGED_NAME = "grounding-dino", "load_detector", "GroundingDINO"
     WHAT = ("GroundingDINO: a transformers folder (e.g. IDEA-Research/grounding-dino-tiny) or an original "
             "groundingdino_*.pth (then with a bert-base-uncased folder next to it or in models/).")
     RETURN_TYPES = (GDINO_MODEL,)
@@ -53,7 +61,7 @@ class CoCoCoGroundingDinoLoader(_MaskModelLoader):
 
 
 class CoCoCoSamLoader(_MaskModelLoader):
-    KEY, LOADER = "sams", "load_segmenter"
+    KEY, LOADER, MANAGED_NAME = "sams", "load_segmenter", "SAM"
     WHAT = "Segment Anything: a transformers folder (e.g. facebook/sam-vit-base) or an original sam_vit_b/l/h_*.pth."
     RETURN_TYPES = (SAM_MODEL,)
     RETURN_NAMES = ("sam",)
@@ -116,8 +124,10 @@ class CoCoCoMaskFromText:
                               temporal_smooth=temporal_smooth, feather=feather,
                               detection_short_side=detection_size)
         frames = frames_in(images)
-        models = [grounding_dino.model] + ([sam.model] if sam is not None else [])
-        with modules_on_device(models):
+        models = [manage(grounding_dino, CoCoCoGroundingDinoLoader.MANAGED_NAME)]
+        if sam is not None and not box_mode:
+            models.append(manage(sam, CoCoCoSamLoader.MANAGED_NAME))
+        with on_execution_device(models):
             result = masks_from_text(frames, text, grounding_dino, None if box_mode else sam, options,
                                      callback=comfy.Progress("masks"), cancel=comfy.interrupt_check())
         return mask_out(result.masks), frames_out(draw_preview(frames, result))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from . import comfy_adapter as comfy
-from .common import CATEGORY, frames_in, mask_in, modules_on_device, text_input
+from .common import CATEGORY, frames_in, mask_in, on_execution_device, text_input
 
 NONE = "none"
 OUTPUTS = ("cs", "bp", "tc", "psnr", "ssim", "ewarp")
@@ -13,6 +13,13 @@ OUTPUTS = ("cs", "bp", "tc", "psnr", "ssim", "ewarp")
 
 def _clip_choices() -> list[str]:
     return [NONE, *comfy.list_models("clip_vision")]
+
+
+def manage(clip):
+    """Hand the metrics' CLIP towers to ComfyUI's model management as one model (once)."""
+    towers = {"vision_model": clip.vision_model, "visual_projection": clip.visual_projection,
+              "text_model": clip.text_model, "text_projection": clip.text_projection}
+    return comfy.manage(clip, {"clip": towers}, name="MetricsCLIP")
 
 
 class CoCoCoVideoMetrics:
@@ -94,8 +101,7 @@ class CoCoCoVideoMetrics:
                 notes.append(f"E*_warp: n/a, {error}")
         suite = MetricSuite(clip=clip, flow=estimator, clip_crop=clip_score_region)
         comfy.interrupt_check()()
-        towers = [] if clip is None else [clip.vision_model, clip.visual_projection, clip.text_model, clip.text_projection]
-        with modules_on_device(towers):
+        with on_execution_device([manage(clip)] if clip is not None else []):
             measured = suite.evaluate(original, result, mask=mask, prompt=prompt.strip() or None,
                                       reference=None if reference is None else frames_in(reference))
         table = format_table(measured.values, measured.flow_backend, notes)
@@ -110,8 +116,10 @@ class CoCoCoVideoMetrics:
 
         path = comfy.resolve_model("clip_vision", name)
         tokenizer = comfy.clip_tokenizer_dir() if path.is_file() else None
-        return comfy.MODEL_CACHE.get_or_load("clip_vision_metrics", comfy.file_signature(path),
-                                             lambda: load_clip(path, tokenizer=tokenizer, device=comfy.offload_device()))
+
+        return comfy.MODEL_CACHE.get_or_load(
+            "clip_vision_metrics", comfy.file_signature(path),
+            lambda: manage(load_clip(path, tokenizer=tokenizer, device=comfy.offload_device())))
 
 
 NODE_CLASS_MAPPINGS = {"CoCoCoVideoMetrics": CoCoCoVideoMetrics}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import comfy_adapter as comfy
 from .common import CATEGORY, COCOCO_LORAS, COCOCO_PIPE, check_model
-from .nodes_cococo import BASE_KEYS, split_base_name
+from .nodes_cococo import BASE_KEYS, manage_pipeline, split_base_name
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ def copy_sharing_motion(pipeline):
     changes them (cococo_core.personalize.plan), so only the SD weights are duplicated (saves ~606 M params)."""
     shared = {id(t): t for name, t in pipeline.unet.unet.named_parameters() if ".motion_modules." in name}
     shared.update({id(t): t for name, t in pipeline.unet.unet.named_buffers() if ".motion_modules." in name})
+    patcher = getattr(pipeline, "patcher", None)
+    if patcher is not None:
+        shared[id(patcher)] = None  # the original's ComfyUI patcher: the copy gets its own (manage_pipeline)
     return copy.deepcopy(pipeline, memo=shared)
 
 
@@ -135,11 +138,12 @@ class CoCoCoPersonalize:
             live_recipe = dataclasses.replace(recipe, inpaint=None)  # the copy's own weights are the originals
             result = personalize_modules(targets, live_recipe, backup=WeightBackup(), callback=comfy.Progress("merge"),
                                          cancel=comfy.interrupt_check())
-            return pipeline, result.summary()
+            return dataclasses.replace(cococo_pipe, pipeline=manage_pipeline(pipeline), recipe=recipe,
+                                       report=result.summary(), lineage=key)
 
-        pipeline, report = comfy.MODEL_CACHE.get_or_load("cococo_personalized", key, merge)
-        logger.info("CoCoCo personalization:\n%s", report)
-        return (dataclasses.replace(cococo_pipe, pipeline=pipeline, recipe=recipe, report=report, lineage=key), report)
+        personalized = comfy.MODEL_CACHE.get_or_load("cococo_personalized", key, merge)
+        logger.info("CoCoCo personalization:\n%s", personalized.report)
+        return (personalized, personalized.report)
 
 
 class CoCoCoSaveCheckpoint:

@@ -24,8 +24,10 @@ class CoCoCoReleaseModels:
     OUTPUT_NODE = True
     FUNCTION = "release"
     CATEGORY = f"{CATEGORY}/utils"
-    DESCRIPTION = ("Frees every CoCoCo, LGVI, GroundingDINO and SAM model the pack keeps loaded between runs (RAM and "
-                   "VRAM). ComfyUI's 'Free model and node cache' button does the same.")
+    DESCRIPTION = ("Unloads every CoCoCo, LGVI, GroundingDINO, SAM and metrics CLIP model the pack has loaded from the "
+                   "GPU (through ComfyUI's model management) and forgets them in the pack's cache; their RAM is freed "
+                   "once ComfyUI drops the loader outputs. ComfyUI's 'Unload models' / 'Free model and node cache' "
+                   "do this for every model, the pack's included.")
 
     @classmethod
     def IS_CHANGED(cls, after=None):

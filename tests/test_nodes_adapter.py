@@ -1,4 +1,5 @@
 """nodes/comfy_adapter.py with and without (fake) ComfyUI modules."""
+import gc
 import os
 import sys
 from pathlib import Path
@@ -124,11 +125,21 @@ def test_comfyui_registration_keeps_user_paths(tmp_path):
 
 
 def test_comfyui_devices_dtype_memory(tmp_path):
+    cuda = torch.device("cuda")
     with fake_comfyui(tmp_path, unet_dtype=torch.float8_e4m3fn) as state:
+        mm = state["modules"]["comfy.model_management"]
         assert adapter.torch_device() == torch.device("cpu")
-        assert adapter.model_dtype("auto", torch.device("cuda")) == torch.float16  # fp8 storage: compute in fp16
+        # fp8 storage: the pack's modules compute in ComfyUI's manual-cast dtype for the device (the fake GPU: fp16;
+        # the real ComfyUI here runs with --cpu and answers fp32 for any device)
+        assert adapter.model_dtype("auto", cuda) == mm.unet_manual_cast(torch.float8_e4m3fn, cuda)
+        if not workflow_executor.REAL_MODULES:
+            assert adapter.model_dtype("auto", cuda) == torch.float16
         state["unet_dtype"] = torch.bfloat16
-        assert adapter.model_dtype("auto", torch.device("cuda")) == torch.bfloat16
+        assert adapter.model_dtype("auto", cuda) == (mm.unet_manual_cast(torch.bfloat16, cuda) or torch.bfloat16)
+        # the VAE follows ComfyUI's VAE choice, the text encoder its text-encoder choice (fp16 cast to fp32 on a CPU)
+        assert adapter.default_dtype("vae", torch.device("cpu")) == torch.float32
+        assert adapter.default_dtype("text_encoder", torch.device("cpu")) == torch.float32
+        assert adapter.free_memory_bytes(torch.device("cpu")) == mm.get_free_memory(torch.device("cpu")) > 0
         adapter.free_memory(123, torch.device("cuda"))
         adapter.soft_empty_cache()
         names = [call[0] for call in state["calls"]]
@@ -160,11 +171,18 @@ def test_comfyui_tokenizer_dir(tmp_path):
         assert adapter.clip_tokenizer_dir() == tmp_path / "comfy" / "sd1_tokenizer"
 
 
-def test_cache_reuses_evicts_and_releases_on_unload(tmp_path):
+class _Loaded:
+    """A loaded model stand-in (weak-referenceable, as the pack's pipelines and detectors are)."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+def test_cache_reuses_and_evicts_outside_comfyui(plain_models):
     loads = []
 
     def loader(name):
-        return lambda: loads.append(name) or object()
+        return lambda: loads.append(name) or _Loaded(name)
 
     cache = adapter.MODEL_CACHE
     cache.release()
@@ -173,11 +191,50 @@ def test_cache_reuses_evicts_and_releases_on_unload(tmp_path):
     cache.get_or_load("pipe", "b", loader("b"))
     cache.get_or_load("gdino", "a", loader("g"))
     assert loads == ["a", "b", "g"] and len(cache) == 2  # one entry per slot by default
+    del first
+    gc.collect()
+    assert len(cache) == 2  # nobody else keeps them outside ComfyUI: the cache holds them
+    assert cache.release() == 2 and len(cache) == 0
+
+
+def test_cache_inside_comfyui_keeps_only_what_comfyui_keeps(tmp_path):
+    """Inside ComfyUI the node cache owns a loader's output: the pack's cache finds it while it lives and lets it
+    go with it (ComfyUI's Free model and node cache then frees the RAM); register_model_folders replaces nothing."""
+    cache = adapter.MODEL_CACHE
+    cache.release()
     with fake_comfyui(tmp_path) as state:
+        mm = state["modules"]["comfy.model_management"]
+        before = {name: getattr(mm, name) for name in dir(mm) if callable(getattr(mm, name))}
         adapter.register_model_folders()
-        state["modules"]["comfy.model_management"].unload_all_models()
+        assert {name: getattr(mm, name) for name in before} == before
+        output = cache.get_or_load("pipe", "a", lambda: _Loaded("a"))
+        assert cache.get_or_load("pipe", "a", lambda: _Loaded("again")) is output
+        assert len(cache) == 1
+        del output  # ComfyUI dropped the loader's output
+        gc.collect()
         assert len(cache) == 0
-        assert [c[0] for c in state["calls"]][-1] == "unload_all_models"  # ComfyUI's own still runs
+        assert cache.get_or_load("pipe", "a", lambda: _Loaded("reloaded")).name == "reloaded"
+
+
+def test_managed_modules_move_for_a_run_outside_comfyui(plain_models, monkeypatch):
+    """Without ComfyUI, load_for_run moves a managed object's modules to the device and after_run back."""
+    device = torch.device("cpu", 0)  # differs from the offload device torch.device("cpu"), and runs here
+    monkeypatch.setattr(adapter, "torch_device", lambda: device)
+    moves = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moves.append((type(self).__name__, a)) or self)
+    value = _Loaded("pipe")
+    unet, vae = torch.nn.Linear(2, 2), torch.nn.Linear(2, 3)
+    assert adapter.manage(value, {"unet": unet, "vae": vae, "text_encoder": None}) is value
+    patchers = adapter.patchers_of(value)
+    assert len(patchers) == 2 and patchers[0].model_size() == 6 * 4 and patchers[1].model_size() == 9 * 4
+    assert adapter.load_for_run([value], 10) == device
+    assert moves == [("_Loaded_unet", (device,)), ("_Loaded_vae", (device,))]
+    assert [p.model.device for p in patchers] == [device, device]
+    adapter.after_run([value])
+    assert moves[2:] == [("_Loaded_unet", (torch.device("cpu"),)), ("_Loaded_vae", (torch.device("cpu"),))]
+    assert adapter.manage(value, {"unet": unet}) is value and adapter.patchers_of(value) == patchers  # once only
+    with pytest.raises(ValueError, match="model management"):
+        adapter.patchers_of(_Loaded("not managed"))
 
 
 def test_file_signature_changes_with_content(tmp_path):

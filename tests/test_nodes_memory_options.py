@@ -12,8 +12,8 @@ import tiny_models
 from cococo_core.lgvi import LGVIPipeline
 from cococo_core.pipeline import CoCoCoPipeline
 from cococo_core.pipeline import memory_plan
-from nodes import comfy_adapter, memory_options
-from nodes.nodes_cococo import CoCoCoModel, CoCoCoSampler
+from nodes import comfy_adapter, memory_estimate, memory_options
+from nodes.nodes_cococo import CoCoCoModel, CoCoCoSampler, run_memory
 from nodes.nodes_lgvi import CoCoCoLGVIRemove
 
 # The pipelines run in float64 and return float32 frames: the float64 paths agree to ~1e-12 (the chunked
@@ -133,15 +133,23 @@ def test_bad_widget_values_are_refused_before_running(cococo_model):
         memory_options.widget_values(-1)
 
 
-def test_comfyui_is_asked_for_the_weights_and_the_working_memory(cococo_model, monkeypatch):
-    """Before the model moves, ComfyUI is asked to make room for its weights plus the working memory of the least
-    restrictive plan the widgets allow (batched, all frames for auto; what the explicit values give otherwise)."""
+def test_comfyui_is_asked_for_the_working_memory_of_the_least_restrictive_plan(cococo_model, monkeypatch):
+    """load_models_gpu's memory_required is the larger of a VAE call and the U-Net step of the least restrictive
+    plan the widgets allow (batched, all frames for auto; what explicit values give otherwise)."""
     asked = []
-    monkeypatch.setattr(comfy_adapter, "free_memory", lambda required, device: asked.append(required))
-    pipe = cococo_model.pipeline
-    weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+    real = comfy_adapter.load_for_run
+    monkeypatch.setattr(comfy_adapter, "load_for_run",
+                        lambda models, memory_required=0: (asked.append(memory_required), real(models, memory_required))[1])
     images, mask = _video(frames=3, height=64, width=64), torch.ones(3, 64, 64)
     _sample(cococo_model, images, mask)
     _sample(cococo_model, images, mask, frame_chunk=1, split_cfg="split")
-    assert asked[0] == weights + memory_plan.unet_working_bytes(64, 64, 3, torch.float64, batch=2)
-    assert asked[1] == weights + memory_plan.unet_working_bytes(64, 64, 3, torch.float64, batch=1, frame_chunk=1)
+    vae = memory_estimate.vae_bytes(64, 64, 3, torch.float64)
+    assert asked == [max(vae, memory_plan.unet_working_bytes(64, 64, 3, torch.float64, batch=2)),
+                     max(vae, memory_plan.unet_working_bytes(64, 64, 3, torch.float64, batch=1, frame_chunk=1))]
+    # where the U-Net step outweighs a VAE call (32 frames, one frame per VAE call), the options set the amount
+    monkeypatch.setattr(cococo_model.pipeline, "vae_chunk", 1)
+    video = torch.empty(32, 128, 128, 3)
+    auto = run_memory(cococo_model.pipeline, video, cfg=14.0)
+    chunked = run_memory(cococo_model.pipeline, video, cfg=14.0, split_cfg=True, frame_chunk=1)
+    assert auto == memory_plan.unet_working_bytes(128, 128, 32, torch.float64, batch=2)
+    assert chunked == memory_plan.unet_working_bytes(128, 128, 32, torch.float64, batch=1, frame_chunk=1) < auto

@@ -87,7 +87,7 @@ def _fake_folder_paths(base: Path) -> types.ModuleType:
     return module
 
 
-FAKE_FREE_MEMORY = 64 * 2**30  # what the fake ComfyUI reports free unless a test sets ``free_memory_bytes``
+FAKE_FREE_MEMORY = 8 << 30  # what the fake ComfyUI reports free unless a test sets ``free_memory_bytes``
 
 
 def _fake_model_management(state: dict) -> types.ModuleType:
@@ -117,6 +117,13 @@ def _fake_model_management(state: dict) -> types.ModuleType:
     module.intermediate_device = lambda: torch.device("cpu")
     module.unet_dtype = (lambda device=None, model_params=0, supported_dtypes=(), weight_dtype=None:
                          state["unet_dtype"] or torch.float32)
+    # a GPU that computes in fp16 and bf16 but not fp8 (ComfyUI then casts fp8 weights to fp16), a CPU in fp32
+    module.unet_manual_cast = (lambda weight_dtype, inference_device, supported_dtypes=():
+                               None if weight_dtype == torch.float32 or (torch.device(inference_device).type == "cuda"
+                                                                          and weight_dtype in (torch.float16, torch.bfloat16))
+                               else torch.float16 if torch.device(inference_device).type == "cuda" else torch.float32)
+    module.vae_dtype = lambda device=None, allowed_dtypes=(): torch.float32
+    module.text_encoder_dtype = lambda device=None: torch.float16
     module.get_free_memory = lambda dev=None, torch_free_too=False: state["free_memory_bytes"] or FAKE_FREE_MEMORY
     module.free_memory = record("free_memory")
     module.soft_empty_cache = record("soft_empty_cache")
@@ -241,7 +248,7 @@ def fake_comfyui(base: Path, *, unet_dtype=None):
     """Make ``import folder_paths`` / ``comfy.*`` work inside the block (ComfyUI's real modules when
     ``COMFYUI_DIR`` is set); yields the shared state dict (``calls``, ``bars``, ``interrupted``,
     ``interrupt_at``: progress value that triggers Cancel, ``unet_dtype``: ComfyUI's dtype choice to report,
-    ``free_memory_bytes``: the free memory to report (None: ComfyUI's own figure, 64 GiB for the fakes),
+    ``free_memory_bytes``: the free memory to report (None: ComfyUI's own figure, 8 GiB for the fakes),
     ``modules``)."""
     base = Path(base)
     state = {"calls": [], "bars": [], "interrupted": False, "interrupt_at": None, "unet_dtype": unet_dtype,
