@@ -643,7 +643,10 @@ class ModelCache:
         self._slots: dict[str, collections.OrderedDict] = {}
         self._lock = threading.Lock()
 
-    def get_or_load(self, slot: str, key: Hashable, load: Callable[[], Any]) -> Any:
+    def get_or_load(self, slot: str, key: Hashable, load: Callable[[], Any], *, held: bool = False) -> Any:
+        """The cached model for ``key`` or a new one from ``load()``. ``held=True`` for a model a node loads for
+        itself (no loader output keeps it, e.g. the metrics' CLIP): inside ComfyUI the cache then holds it until
+        ComfyUI unloads it (``/free``, *Unload models*, or eviction for another model)."""
         with self._lock:
             entries = self._slots.setdefault(slot, collections.OrderedDict())
             value = _live(entries.get(key))
@@ -654,12 +657,39 @@ class ModelCache:
         value = load()
         with self._lock:
             entries = self._slots.setdefault(slot, collections.OrderedDict())
-            entries[key] = _weak_or_strong(value) if in_comfyui() else value
+            entries[key] = _weak_or_strong(value) if in_comfyui() and not held else value
             for stale in [k for k, v in entries.items() if _live(v) is None]:
                 del entries[stale]
             while len(entries) > self.per_slot:
                 entries.popitem(last=False)
+        if held and in_comfyui():
+            self._forget_on_unload(slot, key, value)
         return value
+
+    def _forget_on_unload(self, slot: str, key: Hashable, value: Any) -> None:
+        """Drop the entry when ComfyUI detaches one of ``value``'s patchers (its ``on_detach_after`` callback)."""
+        extension = _optional_module("comfy.patcher_extension")
+        patchers = _MANAGED.get(id(value), [])
+        if extension is None or not patchers or not hasattr(patchers[0], "add_callback"):
+            return
+        owner = weakref.ref(value)
+
+        def forget(patcher, *_):
+            with self._lock:
+                entries = self._slots.get(slot, {})
+                if key not in entries or _live(entries[key]) is not owner():
+                    return
+                held_value = entries.pop(key)
+            logger.info("released the cached %s: ComfyUI unloaded it", slot)
+            # ComfyUI is inside its unload loop: the value (and with it the weights) must outlive ComfyUI's record
+            # of the load, or its clean-up would edit the list it is walking; the record dies when ComfyUI is done
+            mm = _model_management()
+            record = next((m for m in getattr(mm, "current_loaded_models", ()) if m.model is patcher), None)
+            if record is not None:
+                weakref.finalize(record, _drop, held_value)
+
+        for patcher in patchers:
+            patcher.add_callback(extension.CallbacksMP.ON_DETACH, forget)
 
     def __len__(self) -> int:
         with self._lock:
@@ -685,6 +715,10 @@ class ModelCache:
             logger.info("released %d cached CoCoCo model(s)", count)
             return count
         return 0
+
+
+def _drop(value) -> None:
+    """Let ``value`` go (called by a finalizer that kept it alive until then)."""
 
 
 def _weak_or_strong(value):

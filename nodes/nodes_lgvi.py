@@ -17,9 +17,9 @@ from .common import (CATEGORY, LGVI_PIPE, LGVII_CONVERSATION, LGVII_PIPE, check_
 logger = logging.getLogger(__name__)
 
 
-def load_lgvi_path(path: Path, dtype: torch.dtype, text_encoder: bool):
+def load_lgvi_path(path: Path, dtype: torch.dtype, text_encoder: bool, held: bool = False):
     """A cached ``LGVIPipeline`` on ComfyUI's offload device, its U-Net, VAE and text encoder handed to ComfyUI's
-    model management."""
+    model management; ``held``: loaded by a node for itself (LGVI-I chat), see ``ModelCache.get_or_load``."""
     key = (comfy.file_signature(path), str(dtype), text_encoder)
 
     def load():
@@ -28,7 +28,7 @@ def load_lgvi_path(path: Path, dtype: torch.dtype, text_encoder: bool):
         return manage_pipeline(LGVIPipeline.from_pretrained(path, device=comfy.offload_device(), dtype=dtype,
                                                             text_encoder=text_encoder))
 
-    return comfy.MODEL_CACHE.get_or_load("lgvi_pipe", key, load)
+    return comfy.MODEL_CACHE.get_or_load("lgvi_i_pipe" if held else "lgvi_pipe", key, load, held=held)
 
 
 def manage_pipeline(pipeline):
@@ -325,7 +325,7 @@ class CoCoCoLGVIChat:
         cancel = comfy.interrupt_check()
         with contextlib.ExitStack() as stack:
             def diffusion_model(path, **_):  # after the chat model is freed: the cached pipeline, on the device
-                pipe = load_lgvi_path(Path(path), dtype, text_encoder=False)
+                pipe = load_lgvi_path(Path(path), dtype, text_encoder=False, held=True)
                 return stack.enter_context(on_device_planned(pipe, frames, size, sampling["window_length"], frame_chunk))
 
             result = remove_with_chat(

@@ -119,7 +119,7 @@ class CoCoCoVideoMetrics:
 
         return comfy.MODEL_CACHE.get_or_load(
             "clip_vision_metrics", comfy.file_signature(path),
-            lambda: manage(load_clip(path, tokenizer=tokenizer, device=comfy.offload_device())))
+            lambda: manage(load_clip(path, tokenizer=tokenizer, device=comfy.offload_device())), held=True)
 
 
 NODE_CLASS_MAPPINGS = {"CoCoCoVideoMetrics": CoCoCoVideoMetrics}
