@@ -58,6 +58,13 @@ def seed_input(tooltip: str = "Random seed of the initial noise (and of the VAE 
     return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip})
 
 
+def precision_input() -> tuple:
+    return (list(comfy.PRECISIONS), {"default": "auto", "tooltip": "Weight and compute dtype. auto: the dtype "
+            "ComfyUI picks for the device (fp16 or bf16 on capable GPUs, fp32 on CPU and MPS). bf16 keeps fp32's "
+            "range (no fp16 overflow) and is fast on recent GPUs and CPUs with AVX512-BF16/AMX; fp32 gives the "
+            "reference numbers."})
+
+
 def text_input(tooltip: str, default: str = "") -> tuple:
     return ("STRING", {"default": default, "multiline": True, "tooltip": tooltip})
 

@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import comfy_adapter as comfy
-from . import memory_estimate, model_filters
+from . import memory_estimate, memory_options, model_filters
 from .common import (CATEGORY, COCOCO_PIPE, check_model, files_changed, frames_in, frames_out, mask_for_video,
-                     model_input, on_execution_device, progress, resize_mask_input, seed_input, text_input)
+                     model_input, on_execution_device, precision_input, progress, resize_mask_input, seed_input,
+                     text_input)
 
 BASE_KEYS = ("checkpoints", "diffusers")
 
@@ -121,8 +122,7 @@ class CoCoCoModelLoader:
                                "file from models/checkpoints/ or a diffusers folder from models/diffusers/."}),
                 "motion_model": model_input("cococo", "CoCoCo motion weights: the official folder with model_0.pth"
                                             " ... model_3.pth, or one converted .safetensors."),
-                "precision": (list(comfy.PRECISIONS), {"default": "auto", "tooltip": "Weight and compute dtype. auto: "
-                              "ComfyUI's choice (fp16 on capable GPUs, fp32 on CPU and MPS)."}),
+                "precision": precision_input(),
                 "offload": ("BOOLEAN", {"default": False, "tooltip": "Keep the text encoder and the VAE on the CPU; "
                             "they visit the GPU only while encoding/decoding (less VRAM, a bit slower)."}),
             }
@@ -192,6 +192,8 @@ class CoCoCoSampler:
                 "long_prompt": (["truncate", "chunks"], {"default": "truncate", "tooltip": "Prompts over 77 tokens: "
                                 "truncate (as the official code; the dropped words are logged) or chunks (75-token "
                                 "chunks encoded separately and concatenated, as ComfyUI and A1111 do)."}),
+                "frame_chunk": memory_options.frame_chunk_input(),
+                "split_cfg": memory_options.split_cfg_input(),
                 "resize_mask": resize_mask_input(),
             },
         }
@@ -207,19 +209,32 @@ class CoCoCoSampler:
 
     def sample(self, cococo_pipe, images, mask, prompt, negative_prompt, steps, cfg, seed, context_length,
                context_overlap, mask_dilate, paste_back, paste_dilate, paste_feather, width, height,
-               long_prompt="truncate", resize_mask=False):
+               long_prompt="truncate", frame_chunk=0, split_cfg="auto", resize_mask=False):
+        from cococo_core.pipeline import resolve_context
+        from cococo_core.pipeline.frames import plan_geometry
+
+        video, holes = frames_in(images), mask_for_video(mask, images, resize_mask)
+        memory_options.widget_values(frame_chunk, split_cfg)  # a bad value fails before the model moves
+        geometry = plan_geometry(video.shape[1], video.shape[2], work_width=width or None, work_height=height or None)
+        context_length = context_length or None
+        context_overlap = None if context_overlap < 0 else context_overlap
+        window, _ = resolve_context(video.shape[0], *geometry.latent_hw, context_length, context_overlap)
         pipe = manage_pipeline(cococo_pipe.pipeline)
-        memory = run_memory(pipe, images, width=width, height=height, cfg=cfg, context_length=context_length)
+        # ComfyUI makes room for the least restrictive plan the widgets allow; the plan then fits what is free
+        memory = run_memory(pipe, images, width=width, height=height, cfg=cfg, context_length=context_length or 0,
+                            split_cfg=split_cfg == "split", frame_chunk=frame_chunk or None)
         with on_execution_device(pipe, memory) as device:
             pipe.to(device)  # where ComfyUI loaded the U-Net (VAE/text encoder: there too, or on the CPU if offloading)
-            frames = pipe(
-                frames_in(images), mask_for_video(mask, images, resize_mask), prompt, negative_prompt, num_inference_steps=steps,
-                guidance_scale=cfg, seed=seed, width=width or None, height=height or None,
-                context_length=context_length or None, context_overlap=None if context_overlap < 0 else context_overlap,
-                mask_dilate=mask_dilate, paste_back=paste_back, paste_dilate=paste_dilate,
-                paste_feather=paste_feather, long_prompts=long_prompt, callback=progress("CoCoCo"),
-                cancel=comfy.interrupt_check(),
-            )
+            plan = memory_options.plan(device, *geometry.padded_hw, min(window, video.shape[0]), pipe.unet.dtype,
+                                       frame_chunk=frame_chunk, split_cfg=split_cfg, guided=cfg > 1)
+            with memory_options.frame_chunk(pipe.unet, plan.frame_chunk):
+                frames = pipe(
+                    video, holes, prompt, negative_prompt, num_inference_steps=steps, guidance_scale=cfg, seed=seed,
+                    width=width or None, height=height or None, context_length=context_length,
+                    context_overlap=context_overlap, split_cfg=plan.split_cfg, mask_dilate=mask_dilate,
+                    paste_back=paste_back, paste_dilate=paste_dilate, paste_feather=paste_feather,
+                    long_prompts=long_prompt, callback=progress("CoCoCo"), cancel=comfy.interrupt_check(),
+                )
         return (frames_out(frames),)
 
 

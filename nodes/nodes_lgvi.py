@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from . import comfy_adapter as comfy
-from . import memory_estimate, model_filters
+from . import memory_estimate, memory_options, model_filters
 from .common import (CATEGORY, LGVI_PIPE, LGVII_CONVERSATION, LGVII_PIPE, check_model, files_changed, frames_in, frames_out, mask_out,
-                     model_input, on_execution_device, progress, seed_input, text_input)
+                     model_input, on_execution_device, precision_input, progress, seed_input, text_input)
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,15 @@ def load_lgvi(lgvi_model: str, precision: str, text_encoder: bool):
     return load_lgvi_path(path, comfy.model_dtype(precision, comfy.torch_device()), text_encoder)
 
 
-def run_memory(pipe, frames: torch.Tensor, size, window_length: int) -> int:
+def run_memory(pipe, frames: torch.Tensor, size, window_length: int, frame_chunk: int = 0) -> int:
     """Bytes of working memory an LGVI removal of ``frames`` needs besides the loaded weights
-    (:func:`memory_estimate.lgvi_run_bytes` at the working size)."""
+    (:func:`memory_estimate.lgvi_run_bytes` at the working size), with the widget's ``frame_chunk`` (0, auto:
+    all frames at once, the most ComfyUI should make room for; the plan then fits what is free)."""
     from cococo_core.lgvi.video_tensor import work_size
 
     height, width = work_size(frames.shape[1], frames.shape[2], size)
     return memory_estimate.lgvi_run_bytes(width, height, frames.shape[0], window_length=window_length,
-                                          dtype=pipe.dtype)
+                                          dtype=pipe.dtype, frame_chunk=frame_chunk or None)
 
 
 def sampling_inputs() -> dict:
@@ -73,16 +74,55 @@ def sampling_inputs() -> dict:
     }
 
 
+def optional_sampling_inputs() -> dict:
+    """Optional widgets of both LGVI nodes: DDIM's eta and the memory option (new, so older workflows load)."""
+    return {
+        "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "round": 0.001, "tooltip": "DDIM "
+                "eta (0 = deterministic, 1 = DDPM-like noise). Used only when the checkpoint's scheduler/ is DDIM; "
+                "the published folders ship PNDM, which takes no eta (a warning says so)."}),
+        "frame_chunk": memory_options.frame_chunk_input("LGVI U-Net (spatial attention, cross-attention and "
+                                                        "feed-forward)"),
+    }
+
+
+def working_size(frames: torch.Tensor, width: int, height: int) -> tuple[int, int] | None:
+    """(width, height) for the library from the widgets (0: the input's), or None for the input size."""
+    if width or height:
+        return (width or frames.shape[2], height or frames.shape[1])
+    return None
+
+
+def unet_call(pipe, frames: torch.Tensor, size, window_length: int, frame_chunk: int) -> dict:
+    """What one LGVI U-Net pass works on, for ``memory_options``. LGVI's three guidance passes always run one
+    at a time (the official memory layout), so there is no split-CFG choice."""
+    from cococo_core.lgvi.video_tensor import work_size
+
+    height, width = work_size(frames.shape[1], frames.shape[2], size)
+    return dict(height=height, width=width, frames=min(window_length, frames.shape[0]), dtype=pipe.dtype,
+                frame_chunk=frame_chunk, lgvi=True)
+
+
+@contextlib.contextmanager
+def on_device_planned(pipe, frames: torch.Tensor, size, window_length: int, frame_chunk: int):
+    """``pipe`` on the device (room made for it and its working memory) with its U-Net's frame_chunk for the
+    block, chosen from the free memory when 0."""
+    call = unet_call(pipe, frames, size, window_length, frame_chunk)
+    memory = run_memory(pipe, frames, size, window_length, frame_chunk)
+    with on_execution_device(manage_pipeline(pipe), memory) as device:
+        plan = memory_options.plan(device, **call)
+        with memory_options.frame_chunk(pipe.unet, plan.frame_chunk):
+            yield pipe
+
+
 def run_removal(pipe, images, *, steps, text_cfg, image_cfg, seed, window_length, window_overlap, width, height,
-                **conditioning):
+                eta=0.0, frame_chunk=0, **conditioning):
     """Run an ``LGVIPipeline`` on IMAGE frames; returns (IMAGE, MASK)."""
     frames = frames_in(images)
-    size = None
-    if width or height:
-        size = (width or frames.shape[2], height or frames.shape[1])
-    with on_execution_device(manage_pipeline(pipe), run_memory(pipe, frames, size, window_length)):
+    size = working_size(frames, width, height)
+    memory_options.widget_values(frame_chunk)
+    with on_device_planned(pipe, frames, size, window_length, frame_chunk):
         result = pipe(frames, num_inference_steps=steps, guidance_scale=text_cfg, image_guidance_scale=image_cfg,
-                      seed=seed, size=size, window_length=window_length, window_overlap=window_overlap,
+                      seed=seed, size=size, window_length=window_length, window_overlap=window_overlap, eta=eta,
                       callback=progress("LGVI"), cancel=comfy.interrupt_check(), **conditioning)
     mask = result.mask
     if mask is None:
@@ -98,8 +138,7 @@ class CoCoCoLGVILoader:
             "required": {
                 "lgvi_model": model_input("lgvi", "LGVI checkpoint folder (jianzongwu/lgvi: unet/, vae/, scheduler/, "
                                           "text_encoder/, tokenizer/).", model_filters.diffusion_folder),
-                "precision": (list(comfy.PRECISIONS), {"default": "auto", "tooltip": "Weight and compute dtype. auto: "
-                              "ComfyUI's choice (fp16 on capable GPUs, fp32 on CPU and MPS)."}),
+                "precision": precision_input(),
             }
         }
 
@@ -132,7 +171,12 @@ class CoCoCoLGVIRemove:
                 "images": ("IMAGE", {"tooltip": "The video frames, one IMAGE per frame."}),
                 "expression": text_input("What to remove, as a referring expression.", "remove the man on the left"),
                 **sampling_inputs(),
-            }
+            },
+            "optional": {
+                "negative_prompt": text_input("Text for the two unconditional guidance passes instead of the empty "
+                                              "prompt (official negative_prompt): what the result should not show."),
+                **optional_sampling_inputs(),
+            },
         }
 
     SEARCH_ALIASES = ["remove object from video", "language-driven removal", "video object removal"]
@@ -145,10 +189,10 @@ class CoCoCoLGVIRemove:
     DESCRIPTION = ("LGVI referring video object removal: removes what a text expression refers to from every frame "
                    "and predicts its mask, without a mask input.")
 
-    def remove(self, lgvi_pipe, images, expression, **sampling):
+    def remove(self, lgvi_pipe, images, expression, negative_prompt="", **sampling):
         if not expression.strip():
             raise ValueError("the referring expression is empty; say what to remove, e.g. 'remove the dog'")
-        return run_removal(lgvi_pipe, images, text=expression, **sampling)
+        return run_removal(lgvi_pipe, images, text=expression, negative_prompt=negative_prompt, **sampling)
 
 
 NO_CLIP = "(inside the LLaVA folder)"
@@ -205,8 +249,7 @@ class CoCoCoLGVIILoader:
                                 "models/lgvi/."}),
                 "clip_vision_model": ([NO_CLIP] + comfy.list_models("lgvi", model_filters.clip_vision_folder), {"default": NO_CLIP, "tooltip": "CLIP ViT-L/14-336 folder "
                                       "(openai/clip-vit-large-patch14-336), needed only for the original LLaVA layout."}),
-                "precision": (list(comfy.PRECISIONS), {"default": "auto", "tooltip": "Weight and compute dtype. auto: "
-                              "ComfyUI's choice (fp16 on capable GPUs, fp32 on CPU and MPS)."}),
+                "precision": precision_input(),
                 "quantization": (list(QUANTIZATIONS), {"default": "none", "tooltip": "Load LLaVA in 8 or 4 bits "
                                  "(needs bitsandbytes and a CUDA GPU; llava-hf folders only)."}),
             }
@@ -251,6 +294,7 @@ class CoCoCoLGVIChat:
                 "conversation": (LGVII_CONVERSATION, {"tooltip": "Connect the conversation output of another LGVI-I "
                                  "Chat Removal node to ask a follow-up in the same conversation (e.g. 'what about the "
                                  "other dog?'); LLaVA then sees the earlier turns and that conversation's first frame."}),
+                **optional_sampling_inputs(),
             },
         }
 
@@ -267,23 +311,22 @@ class CoCoCoLGVIChat:
                    "answer conditions the LGVI-I diffusion model that removes the object and predicts its mask. "
                    "Chain the conversation output into another chat node for follow-up requests.")
 
-    def chat(self, lgvi_i, images, request, temperature, max_new_tokens, conversation=None, **sampling):
+    def chat(self, lgvi_i, images, request, temperature, max_new_tokens, conversation=None, eta=0.0, frame_chunk=0,
+             **sampling):
         from cococo_core.lgvi import remove_with_chat
 
         if not request.strip():
             raise ValueError("the request is empty; ask for what to remove, e.g. 'please remove the dog'")
+        memory_options.widget_values(frame_chunk)
         device = comfy.torch_device()
         dtype = comfy.model_dtype(lgvi_i.precision, device)
         frames = frames_in(images)
-        size = None
-        if sampling["width"] or sampling["height"]:
-            size = (sampling["width"] or frames.shape[2], sampling["height"] or frames.shape[1])
+        size = working_size(frames, sampling["width"], sampling["height"])
         cancel = comfy.interrupt_check()
         with contextlib.ExitStack() as stack:
             def diffusion_model(path, **_):  # after the chat model is freed: the cached pipeline, on the device
                 pipe = load_lgvi_path(Path(path), dtype, text_encoder=False, held=True)
-                stack.enter_context(on_execution_device(pipe, run_memory(pipe, frames, size, sampling["window_length"])))
-                return pipe
+                return stack.enter_context(on_device_planned(pipe, frames, size, sampling["window_length"], frame_chunk))
 
             result = remove_with_chat(
                 frames, request, lgvi_path=lgvi_i.lgvi_path, llava_path=lgvi_i.llava_path, clip_path=lgvi_i.clip_path,
@@ -294,7 +337,7 @@ class CoCoCoLGVIChat:
                 pipeline_loader=diffusion_model,
                 num_inference_steps=sampling["steps"], guidance_scale=sampling["text_cfg"],
                 image_guidance_scale=sampling["image_cfg"], size=size, window_length=sampling["window_length"],
-                window_overlap=sampling["window_overlap"], callback=progress("LGVI-I"), cancel=cancel,
+                window_overlap=sampling["window_overlap"], eta=eta, callback=progress("LGVI-I"), cancel=cancel,
             )
         mask = result.mask if result.mask is not None else torch.zeros(result.frames.shape[:3])
         return result.reply, result.phrase or "", frames_out(result.frames), mask_out(mask), result.session

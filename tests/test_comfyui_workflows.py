@@ -93,6 +93,19 @@ def test_both_base_kinds(server, base_model):
     assert "PSNR" in table and "BP" in table, table
 
 
+def test_memory_and_lgvi_options_set_by_hand_run_in_the_server(server):
+    """The new optional widgets pass the server's validation and run with explicit values (the shipped workflows
+    carry the defaults); the memory plan the node chose is logged."""
+    prompt = _api("cococo_inpaint_drawn_mask.json")
+    prompt["5"]["inputs"].update(frame_chunk=1, split_cfg="split")
+    assert [f.shape for f in _saved_videos(server, server.run(prompt))] == [(tw.FRAMES, tw.SIZE, tw.SIZE, 3)]
+    prompt = _api("lgvi_referring_removal.json")
+    prompt["4"]["inputs"].update(negative_prompt="a cat", eta=0.5, frame_chunk=2)
+    assert [f.shape for f in _saved_videos(server, server.run(prompt))] == [(tw.FRAMES, tw.SIZE, tw.SIZE, 3)]
+    log = server.log()
+    assert "memory plan: split CFG, frame_chunk=1" in log and "eta=0.5 has no effect" in log
+
+
 def test_single_file_base_uses_comfyuis_own_tokenizer(server):
     """ComfyUI's ``comfy`` is a namespace package: the tokenizer must be found through its search path."""
     prompt = _api("cococo_text_mask_inpaint.json")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import pytest
 import torch
@@ -232,3 +233,14 @@ def test_windows_normalise_each_window_on_its_own(pipe, monkeypatch):
     assert {call[1].shape[2] for call in spy.calls} == {3}
     plain = pipe(video, "remove it", num_inference_steps=1, guidance_scale=1.0)
     assert not torch.allclose(windowed.frames, plain.frames, atol=1e-4)
+
+
+def test_eta_on_a_scheduler_without_eta_is_not_silently_ignored(pipe, caplog):
+    assert "eta" not in inspect.signature(pipe.scheduler.step).parameters  # the tiny folder ships PNDM, as upstream
+    with caplog.at_level("WARNING", logger="cococo_core.lgvi.pipeline"):
+        pipe(_video(frames=2, height=16, width=16), "remove the dog", num_inference_steps=1, eta=0.5)
+    assert "eta=0.5 has no effect" in caplog.text and "PNDMScheduler" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cococo_core.lgvi.pipeline"):
+        pipe(_video(frames=2, height=16, width=16), "remove the dog", num_inference_steps=1)
+    assert "has no effect" not in caplog.text

@@ -135,3 +135,30 @@ def test_full_size_parameter_count_matches_the_published_lgvi_i_file():
     assert round(counts["total"] / 1e6, 1) == 933.6 and round(counts["total"] * 4 / 1e9, 2) == 3.73
     assert round(counts["temporal"] / 1e6, 2) == 49.60 and round(counts["decoder"] / 1e6, 2) == 24.49
     assert sum(p.numel() for p in separate.parameters()) - counts["total"] == 320
+
+
+def test_frame_chunks_give_the_same_result_and_mask():
+    """Chunking the per-frame attention/feed-forward layers changes no number: float64, 1e-12, over two videos
+    (chunks straddling them) with the mask decoder; the resnets (GroupNorm pooled over frames) stay whole."""
+    model = _live_model().double()
+    generator = torch.Generator().manual_seed(5)
+    z, c = (torch.randn(2, 4, 5, 8, 8, generator=generator, dtype=torch.float64) for _ in range(2))
+    ctx = torch.randn(2, 5, 32, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        whole, whole_mask = model(z, 500, ctx, c, return_mask=True)
+        for chunk in (1, 3, 4):
+            model.frame_chunk = chunk
+            eps, mask = model(z, 500, ctx, c, return_mask=True)
+            torch.testing.assert_close(eps, whole, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(mask, whole_mask, rtol=1e-12, atol=1e-12)
+        seen = []
+        handle = model.down_blocks[0].attentions[0].transformer_blocks[0].ff.net[0].register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].shape[0]))
+        model(z, 500, ctx, c)
+        handle.remove()
+        model.frame_chunk = None
+        assert torch.equal(model(z, 500, ctx, c)[0], whole)
+    assert seen == [4, 4, 2]  # B·F = 10 frames, 4 at a time
+    assert not any("forward" in layer.__dict__ for layer in model.per_frame_layers())
+    with pytest.raises(ValueError, match="frame_chunk"):
+        model.frame_chunk = 0

@@ -89,6 +89,9 @@ def _fake_folder_paths(base: Path) -> types.ModuleType:
     return module
 
 
+FAKE_FREE_MEMORY = 8 << 30  # what the fake ComfyUI reports free unless a test sets ``free_memory_bytes``
+
+
 def _fake_model_management(state: dict) -> types.ModuleType:
     module = types.ModuleType("comfy.model_management")
     module.InterruptProcessingException = InterruptProcessingException
@@ -123,7 +126,7 @@ def _fake_model_management(state: dict) -> types.ModuleType:
                                else torch.float16 if torch.device(inference_device).type == "cuda" else torch.float32)
     module.vae_dtype = lambda device=None, allowed_dtypes=(): torch.float32
     module.text_encoder_dtype = lambda device=None: torch.float16
-    module.get_free_memory = lambda dev=None, torch_free_too=False: 8 << 30
+    module.get_free_memory = lambda dev=None, torch_free_too=False: state["free_memory_bytes"] or FAKE_FREE_MEMORY
     module.free_memory = record("free_memory")
     module.soft_empty_cache = record("soft_empty_cache")
     module.unload_all_models = record("unload_all_models")
@@ -228,6 +231,11 @@ def _real_comfyui(base: Path, state: dict):
     def unet_dtype(*args, **kwargs):
         return state["unet_dtype"] if state["unet_dtype"] is not None else real_unet_dtype(*args, **kwargs)
 
+    real_get_free_memory = mm.get_free_memory
+
+    def get_free_memory(*args, **kwargs):
+        return state["free_memory_bytes"] or real_get_free_memory(*args, **kwargs)
+
     with contextlib.ExitStack() as stack:
         stack.enter_context(_installed(REAL_MODULES))
         # a scratch comfy/ first on the package path, so a test can put a tokenizer in front of ComfyUI's own
@@ -235,7 +243,7 @@ def _real_comfyui(base: Path, state: dict):
         stack.enter_context(_patched(folder_paths, models_dir=models, folder_names_and_paths=folders,
                                      output_directory=str(base / "output"), input_directory=str(base / "input"),
                                      temp_directory=str(base / "temp")))
-        stack.enter_context(_patched(mm, unet_dtype=unet_dtype, **{n: recorded(n) for n in
+        stack.enter_context(_patched(mm, unet_dtype=unet_dtype, get_free_memory=get_free_memory, **{n: recorded(n) for n in
                                      ("free_memory", "soft_empty_cache", "unload_all_models")}))
         stack.enter_context(_patched(utils, ProgressBar=_recording_progress_bar(
             utils.ProgressBar, state, lambda: mm.interrupt_current_processing(True))))
@@ -250,10 +258,11 @@ def fake_comfyui(base: Path, *, unet_dtype=None, preview_method: str = "latent2r
     """Make ``import folder_paths`` / ``comfy.*`` work inside the block (ComfyUI's real modules when
     ``COMFYUI_DIR`` is set); yields the shared state dict (``calls``, ``bars``, ``interrupted``,
     ``interrupt_at``: progress value that triggers Cancel, ``unet_dtype``: ComfyUI's dtype choice to report,
+    ``free_memory_bytes``: the free memory to report (None: ComfyUI's own figure, 8 GiB for the fakes),
     ``modules``). ``preview_method``: ComfyUI's ``--preview-method`` (the server tests run with latent2rgb)."""
     base = Path(base)
     state = {"calls": [], "bars": [], "interrupted": False, "interrupt_at": None, "unet_dtype": unet_dtype,
-             "preview_method": preview_method}
+             "preview_method": preview_method, "free_memory_bytes": None}
     (base / "comfy" / "sd1_tokenizer").mkdir(parents=True, exist_ok=True)  # a tokenizer a test can put in front
     if REAL_MODULES is not None:
         with _real_comfyui(base, state) as modules:

@@ -329,6 +329,9 @@ def _step_kwargs(scheduler, generator, eta: float) -> dict:
     kwargs = {}
     if "eta" in accepted:
         kwargs["eta"] = float(eta)
+    elif eta:
+        logger.warning("eta=%g has no effect: the checkpoint's %s takes no eta (only DDIM does; put a DDIMScheduler "
+                       "config in its scheduler/ folder to use it)", eta, type(scheduler).__name__)
     if "generator" in accepted:
         kwargs["generator"] = generator
     return kwargs

@@ -21,6 +21,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
+from ..models.chunking import chunk_layers
 from .layers import VideoTransformer
 from .mask_decoder import MaskDecoder
 from .resnet import VideoResnetBlock
@@ -158,6 +159,25 @@ class LGVIUNet(nn.Module):
             self.mask_decoder = MaskDecoder(list(reversed_channels[1:]))
         else:
             self.mask_decoder = None
+
+    @property
+    def frame_chunk(self) -> int | None:
+        """Frames (of the B·F in a call) that the per-frame attention and feed-forward layers process at a
+        time; None (default): all at once. Only the transformer blocks' spatial self-attention,
+        cross-attention and GEGLU feed-forward are chunked: the resnets pool their GroupNorm statistics
+        over all frames and the temporal attention mixes them, so they always see the whole call. The
+        result is the same (:mod:`cococo_core.models.chunking`)."""
+        return getattr(self, "_frame_chunk", None)
+
+    @frame_chunk.setter
+    def frame_chunk(self, chunk: int | None) -> None:
+        chunk_layers(self.per_frame_layers(), chunk)
+        self._frame_chunk = chunk
+
+    def per_frame_layers(self) -> list[nn.Module]:
+        blocks = [*self.down_blocks, self.mid_block, *self.up_blocks]
+        transformers = [t for block in blocks for t in (getattr(block, "attentions", None) or [])]
+        return [layer for t in transformers for b in t.transformer_blocks for layer in (b.attn1, b.attn2, b.ff)]
 
     @property
     def dtype(self) -> torch.dtype:

@@ -71,9 +71,15 @@ def per_frame_layers(unet: nn.Module) -> list[nn.Module]:
 
 def set_frame_chunk(unet: nn.Module, chunk: int | None) -> None:
     """Run the per-frame layers of ``unet`` on ``chunk`` frames (of the B·F in a call) at a time; None: all."""
+    chunk_layers(per_frame_layers(unet), chunk)
+
+
+def chunk_layers(layers, chunk: int | None) -> None:
+    """Run each of ``layers`` (modules whose calls are independent per frame along the first dimension) on
+    ``chunk`` frames at a time; None: all at once (the plain forward back)."""
     if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
         raise ValueError(f"frame_chunk must be a whole number of frames >= 1 or None, got {chunk!r}")
-    for layer in per_frame_layers(unet):
+    for layer in layers:
         current = layer.__dict__.get("forward")
         if isinstance(current, _ChunkedForward):
             del layer.forward
