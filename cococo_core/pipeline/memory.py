@@ -10,10 +10,9 @@ working size and the dtypes alone (the model weights are not included):
 * the VAE, ``vae_chunk`` frames per call: diffusers' ``AutoencoderKL`` runs its outer blocks at full
   resolution with 128 channels, and a ResNet block holds at least its input and output: 2 x 128 values per
   pixel per frame in the VAE dtype (per 512 x 512 tile when the VAE is tiled);
-* the U-Net: the skip activations SD-1.x's ``UNet2DConditionModel`` keeps for its up path (conv_in and
-  three per down level: 4 x 320 channels at the latent size, 3 x 640 at 1/4 of it, 3 x 1280 at 1/16 and
-  2 x 1280 at 1/64, i.e. 2040 channels at the latent size) for each frame of a window (at least one) and each
-  classifier-free-guidance branch (2, or 1 with split CFG), in the U-Net dtype.
+* the U-Net: the skip activations SD-1.x's ``UNet2DConditionModel`` keeps for its up path
+  (:meth:`.memory_plan.UNetShape.skip_elements`, 1620 values per latent pixel for SD-1.5) for each frame of a
+  window (at least one) and each classifier-free-guidance branch (2, or 1 with split CFG), in the U-Net dtype.
 
 :func:`check` refuses an estimate above the machine's memory (RAM, or the GPU's memory for what runs on
 the GPU) with the numbers, and warns above what is free now.
@@ -26,13 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .memory_plan import COCOCO_SHAPE
+
 log = logging.getLogger(__name__)
 
 COCOCO_HOST_PLANES = 3 + 1 + 3  # float32 frames, hole mask, masked frames
 LGVI_HOST_PLANES = 3  # float32 frames in [-1, 1]
 VAE_CHANNELS, VAE_HELD = 128, 2
 VAE_TILE = 512  # diffusers' tile_sample_min_size for SD-1.x VAEs (config sample_size)
-UNET_SKIP_CHANNELS = 4 * 320 + 3 * 640 // 4 + 3 * 1280 // 16 + 2 * 1280 // 64  # 2040 at the latent size
 LATENT_FACTOR = 8
 GIB = 1024 ** 3
 
@@ -65,12 +65,12 @@ def estimate(frames: int, padded_hw: tuple[int, int], *, host_planes: int, dtype
     height, width = padded_hw
     pixels = height * width
     vae_pixels = min(pixels, VAE_TILE * VAE_TILE) if vae_tiled else pixels
-    latent = (height // LATENT_FACTOR) * (width // LATENT_FACTOR)
+    skips = COCOCO_SHAPE.skip_elements(height // LATENT_FACTOR, width // LATENT_FACTOR)
     return MemoryEstimate(
         host={"frames": frames * pixels * host_planes * 4},
         device={
             "vae": min(vae_chunk, frames) * vae_pixels * VAE_CHANNELS * VAE_HELD * _bytes(vae_dtype or dtype),
-            "unet": max(1, min(window, frames)) * cfg_branches * latent * UNET_SKIP_CHANNELS * _bytes(dtype),
+            "unet": max(1, min(window, frames)) * cfg_branches * skips * _bytes(dtype),
         },
         describe=f"{frames} frame(s) at {width}x{height} working pixels",
     )
