@@ -33,7 +33,7 @@ def test_status_text_of_output_nodes_is_shown_by_the_packs_frontend_extension(co
     for node_id in ("CoCoCoReleaseModels", "CoCoCoSaveCheckpoint", "CoCoCoConvertMotion"):
         assert node_id in source and nodes.NODE_CLASS_MAPPINGS[node_id].OUTPUT_NODE
     entry = comfyui.run({"1": {"class_type": "CoCoCoReleaseModels", "inputs": {}}})
-    assert entry["outputs"]["1"]["text"][0].startswith("released ")
+    assert entry["outputs"]["1"]["text"][0].startswith("Released ")
     comfyui.wait_for(lambda: any(m["data"]["node"] == "1" and (m["data"].get("output") or {}).get("text")
                                  == entry["outputs"]["1"]["text"] for m in comfyui.messages(entry["prompt_id"], "executed")),
                      timeout=30, what=f"the executed message: {comfyui.messages(entry['prompt_id'])}")
