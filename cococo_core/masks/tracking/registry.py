@@ -23,6 +23,7 @@ from .base import Tracker
 
 # each backend module adds its line here (it registers itself when imported)
 BUILTIN_BACKENDS: tuple[str, ...] = (
+    "cococo_core.masks.tracking.sam2",
 )
 
 
@@ -118,13 +119,19 @@ def detect_kind(source: TrackerSource) -> Optional[str]:
     return None
 
 
-def load_tracker(path: str | os.PathLike, device=None, dtype=None) -> Tracker:
+def load_tracker(path: str | os.PathLike, device=None, dtype=None, **options) -> Tracker:
     """The tracker in ``path``: an original checkpoint file (e.g. ``sam2.1_hiera_tiny.pt``) or a Hugging Face folder
-    (``config.json`` + weights). ``device`` defaults to the CPU, ``dtype`` to float32."""
+    (``config.json`` + weights). ``device`` defaults to the CPU, ``dtype`` to float32; ``options`` go to the
+    backend's loader (e.g. SAM 2's ``image_size`` for an original file of a non-released size)."""
     source = open_source(path)
+    if not source.is_folder:
+        try:
+            source.state()
+        except Exception as error:  # an unreadable or non-checkpoint file: say what is supported
+            raise ValueError(f"{source.path}: not a readable checkpoint ({error}). Supported: {supported()}") from error
     kind = detect_kind(source)
     if kind is None:
         what = (f"a folder with model_type {source.model_type!r}" if source.is_folder and source.model_type
                 else "a folder without a config.json model_type" if source.is_folder else "a file")
         raise ValueError(f"{source.path}: {what} that no tracker recognises. Supported: {supported()}")
-    return _BACKENDS[kind].load(source, device=torch.device(device or "cpu"), dtype=dtype or torch.float32)
+    return _BACKENDS[kind].load(source, device=torch.device(device or "cpu"), dtype=dtype or torch.float32, **options)
