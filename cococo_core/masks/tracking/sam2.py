@@ -165,7 +165,7 @@ class Sam2Tracker(Tracker):
     @torch.inference_mode()
     def track(self, frames, prompts: Sequence[TrackPrompt] = (), text: Optional[str] = None, *, progress=None,
               cancel=None, detector=None, key_frame: int = 0, detect_every: int = 0, box_threshold: float = 0.35,
-              text_threshold: float = 0.25, max_objects: int = 10, match_iou: float = 0.3,
+              text_threshold: float = 0.25, max_objects: int = 10, match_iou: float = 0.3, detection_size: int = 800,
               fill_hole_area: int = FILL_HOLE_AREA, offload_state_to_cpu: bool = True) -> TrackResult:
         from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
@@ -189,7 +189,7 @@ class Sam2Tracker(Tracker):
         prompts = list(prompts)
         finder = None
         if text is not None:
-            finder = _BoxFinder(detector, text, frames, box_threshold, text_threshold, max_objects)
+            finder = _BoxFinder(detector, text, frames, box_threshold, text_threshold, max_objects, detection_size)
             taken = {p.object_id for p in prompts}
             found = finder.boxes(key_frame, first_id=max(taken, default=0) + 1)
             if not found and not prompts:
@@ -260,12 +260,12 @@ class Sam2Tracker(Tracker):
 class _BoxFinder:
     """GroundingDINO boxes on chosen frames of a clip (the text-mask detector, :mod:`cococo_core.masks.detect`)."""
 
-    def __init__(self, detector, text, frames, box_threshold, text_threshold, max_objects):
+    def __init__(self, detector, text, frames, box_threshold, text_threshold, max_objects, short_side=800):
         from .. import detect as dino
 
         self.detector, self.frames = detector, frames
         self.prompt = dino.encode_prompt(detector.tokenizer, text, detector.model.config.max_text_len)
-        self.size = dino.detection_size(frames.shape[1], frames.shape[2], detector.model.config)
+        self.size = dino.detection_size(frames.shape[1], frames.shape[2], detector.model.config, short_side)
         self.box_threshold, self.text_threshold, self.max_objects = box_threshold, text_threshold, max_objects
 
     def detections(self, frame: int):
