@@ -98,6 +98,9 @@ class CoCoCoTrackMasks:
                                   "Minimum GroundingDINO box confidence."}),
                 "max_objects": ("INT", {"default": 10, "min": 1, "max": 100, "tooltip": "At most this many objects "
                                 "from the text."}),
+                "detection_size": ("INT", {"default": 800, "min": 256, "max": 2048, "step": 32, "tooltip": "Short "
+                                   "side in pixels the frames are resized to for GroundingDINO (its default 800; "
+                                   "smaller is faster)."}),
             },
             "optional": {
                 "grounding_dino": (GDINO_MODEL, {"tooltip": "GroundingDINO (CoCoCo GroundingDINO Loader): turns "
@@ -119,7 +122,7 @@ class CoCoCoTrackMasks:
                    "Inpaint.")
 
     def track(self, images, tracker, text, boxes, points, objects, key_frame, detect_every, box_threshold,
-              max_objects, grounding_dino=None):
+              max_objects, detection_size, grounding_dino=None):
         from cococo_core.masks.tracking import track_masks
         from cococo_core.masks.tracking.preview import draw_track_preview
         from cococo_core.masks.tracking.prompts import parse_boxes, parse_objects, parse_points
@@ -133,7 +136,7 @@ class CoCoCoTrackMasks:
                 raise ValueError(f"{tracker.kind} does not read text: connect a GroundingDINO model (CoCoCo "
                                  "GroundingDINO Loader) or give boxes/points and leave the text empty")
             options = dict(detector=grounding_dino, key_frame=key_frame, detect_every=detect_every,
-                           box_threshold=box_threshold, max_objects=max_objects)
+                           box_threshold=box_threshold, max_objects=max_objects, detection_size=detection_size)
         frames = frames_in(images)
         modules = tracker.modules() + ([grounding_dino.model] if "detector" in options else [])
         with modules_on_device(modules):
