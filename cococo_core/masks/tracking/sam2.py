@@ -326,7 +326,13 @@ def load_sam2(source: TrackerSource, device=None, dtype=None, image_size: Option
     """A :class:`Sam2Tracker` from an original ``sam2(.1)_hiera_*.pt`` or a Hugging Face ``sam2_video`` folder.
 
     ``image_size``: the model's input size for an original file (every released SAM 2 uses 1024)."""
-    from transformers import Sam2VideoModel
+    try:
+        from transformers import Sam2VideoModel
+    except ImportError as error:
+        import transformers
+
+        raise ImportError(f"SAM 2 tracking needs a transformers release with Sam2VideoModel; transformers "
+                          f"{transformers.__version__} has none: upgrade transformers") from error
 
     from ..loading import _finish, _load_into
     from . import convert_sam2
