@@ -23,7 +23,7 @@ from typing import Mapping
 
 import torch
 
-from ..convert_sam import count_indexed
+from ..convert_sam import count_indexed, prompt_and_decoder_sizes
 
 # blocks per stage -> (released name, stage-1 heads, window size per stage, global-attention blocks), as in
 # sam2/configs/sam2.1/sam2.1_hiera_{t,s,b+,l}.yaml and the Hiera defaults (``hieradet.py``).
@@ -202,23 +202,10 @@ def sam2_config_from_state_dict(state: Mapping[str, torch.Tensor], image_size: i
         backbone_feature_sizes=[[image_size // 4] * 2, [image_size // 8] * 2, [image_size // 16] * 2],
         fpn_hidden_size=fpn,
     )
-    prompt = Sam2VideoPromptEncoderConfig(
-        hidden_size=state["sam_prompt_encoder.no_mask_embed.weight"].shape[1],
-        image_size=image_size,
-        mask_input_channels=state["sam_prompt_encoder.mask_downscaling.3.weight"].shape[0],
-        num_point_embeddings=count_indexed(keys, r"^sam_prompt_encoder\.point_embeddings\.(\d+)\."),
-    )
-    decoder_hidden = state["sam_mask_decoder.iou_token.weight"].shape[1]
-    cross = state["sam_mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"].shape[0]
-    decoder = Sam2VideoMaskDecoderConfig(
-        hidden_size=decoder_hidden,
-        mlp_dim=state["sam_mask_decoder.transformer.layers.0.mlp.layers.0.weight"].shape[0],
-        num_hidden_layers=count_indexed(keys, r"^sam_mask_decoder\.transformer\.layers\.(\d+)\."),
-        attention_downsample_rate=decoder_hidden // cross,
-        num_multimask_outputs=state["sam_mask_decoder.mask_tokens.weight"].shape[0] - 1,
-        iou_head_depth=count_indexed(keys, r"^sam_mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
-        iou_head_hidden_dim=state["sam_mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
-    )
+    prompt_sizes, decoder_sizes = prompt_and_decoder_sizes(state, "sam_prompt_encoder", "sam_mask_decoder",
+                                                           "mlp.layers.0")
+    prompt = Sam2VideoPromptEncoderConfig(image_size=image_size, **prompt_sizes)
+    decoder = Sam2VideoMaskDecoderConfig(**decoder_sizes)
     memory_hidden = state["memory_attention.norm.weight"].shape[0]
     memory_channels = state["memory_encoder.out_proj.weight"].shape[0]
     downsampler_convs = count_indexed(keys, r"^memory_encoder\.mask_downsampler\.encoder\.(\d+)\.") // 3
