@@ -82,6 +82,22 @@ class TrackResult:
         if self.scores is not None and len(self.scores) != len(self.object_ids):
             raise ValueError("TrackResult: one score per object id")
 
+    @classmethod
+    def from_object_logits(cls, logits: dict[int, torch.Tensor], frame_shape,
+                           scores: Optional[dict[int, float]] = None) -> "TrackResult":
+        """A result from ``{object id: (F, H, W) float32 logits}`` (ids in increasing order). The dict is emptied:
+        each object's tensor is moved into the (N_obj, F, H, W) result and freed, so the peak stays at about one
+        object above the result's own size (a single object is not copied at all)."""
+        ids = sorted(logits)
+        if len(ids) == 1:
+            stacked = logits.pop(ids[0])[None]
+        else:
+            stacked = torch.empty((len(ids), *frame_shape), dtype=torch.float32)
+            for row, object_id in enumerate(ids):
+                stacked[row] = logits.pop(object_id)
+        return cls(union_of(stacked, frame_shape), stacked, ids,
+                   None if scores is None else [float(scores[i]) for i in ids])
+
     @property
     def object_masks(self) -> torch.Tensor:
         """bool (N_obj, F, H, W): each object's own mask."""
@@ -100,9 +116,10 @@ class TrackResult:
 
 def union_of(logits: torch.Tensor, frame_shape) -> torch.Tensor:
     """bool (F, H, W): a pixel is masked when any object's logit is > 0 (all False without objects)."""
-    if logits.shape[0] == 0:
-        return torch.zeros(tuple(frame_shape), dtype=torch.bool)
-    return (logits > 0).any(dim=0)
+    union = torch.zeros(tuple(frame_shape), dtype=torch.bool)
+    for row in logits:  # one object at a time: no (N_obj, F, H, W) temporary
+        union |= row > 0
+    return union
 
 
 def assign_object_ids(prompts: Sequence[TrackPrompt]) -> list[TrackPrompt]:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ...hooks import check_cancelled, report
-from .base import BoxPrompt, PointPrompt, Tracker, TrackPrompt, TrackResult, union_of
+from .base import BoxPrompt, PointPrompt, Tracker, TrackPrompt, TrackResult
 from .holes import fill_small_holes
 from .registry import TrackerSource, register_tracker
 
@@ -252,9 +252,7 @@ class Sam2Tracker(Tracker):
             for frame in range(obj.prompt_frames[0] - 1, start - 1, -1):
                 run(frame, True, [obj])
         session.reset_inference_session()
-        ids = sorted(objects)
-        stacked = torch.stack([logits[i] for i in ids]) if ids else torch.zeros(0, count, height, width)
-        return TrackResult(union_of(stacked, (count, height, width)), stacked, ids, None)
+        return TrackResult.from_object_logits(logits, (count, height, width))
 
 
 class _BoxFinder:
