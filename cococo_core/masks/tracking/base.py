@@ -117,8 +117,9 @@ class TrackResult:
 def union_of(logits: torch.Tensor, frame_shape) -> torch.Tensor:
     """bool (F, H, W): a pixel is masked when any object's logit is > 0 (all False without objects)."""
     union = torch.zeros(tuple(frame_shape), dtype=torch.bool)
-    for row in logits:  # one object at a time: no (N_obj, F, H, W) temporary
-        union |= row > 0
+    for frame in range(union.shape[0]):  # frame by frame: no temporary the size of the clip
+        for row in logits:
+            union[frame] |= row[frame] > 0
     return union
 
 
