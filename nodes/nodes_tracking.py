@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from . import comfy_adapter as comfy
-from .common import CATEGORY, GDINO_MODEL, TRACKER_MODEL, files_changed, frames_in, frames_out, mask_out, modules_on_device
+from .common import (CATEGORY, GDINO_MODEL, TRACKER_MODEL, files_changed, frames_in, frames_out, mask_out,
+                     modules_on_device)
 from .model_filters import tracker_model
 from .nodes_masks import PRECISION_INPUT
 
@@ -44,7 +45,8 @@ class CoCoCoTrackerLoader:
     OUTPUT_TOOLTIPS = ("The video tracker, for CoCoCo Track Masks.",)
     FUNCTION = "load"
     CATEGORY = f"{CATEGORY}/loaders"
-    DESCRIPTION = "Loads a video tracker (SAM 2 / SAM 2.1, SAM 3) for CoCoCo Track Masks. Kept in memory for the next runs."
+    DESCRIPTION = ("Loads a video tracker (SAM 2 / SAM 2.1, SAM 3) for CoCoCo Track Masks. Kept in memory for the "
+                   "next runs.")
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_name):

@@ -2,8 +2,9 @@
 ``SAM2VideoPredictor``: the reference of tests/test_tracking_sam2_parity.py. Only importable where ``sam2`` is.
 
 The model is ``configs/sam2.1/sam2.1_hiera_t.yaml`` (or SAM 2's ``configs/sam2/sam2_hiera_t.yaml``; the released
-tiny layout: Hiera blocks (1, 2, 7, 2), its windows and global blocks) with narrower widths and a 256 px input, built with the package's own hydra
-``instantiate`` and the post-processing overrides of ``build_sam2_video_predictor(apply_postprocessing=True)``.
+tiny layout: Hiera blocks (1, 2, 7, 2), its windows and global blocks) with narrower widths and a 256 px input,
+built with the package's own hydra ``instantiate`` and the post-processing overrides of
+``build_sam2_video_predictor(apply_postprocessing=True)``.
 Its state dict is saved as ``{"model": ...}``, the layout of the released ``sam2.1_hiera_*.pt`` files.
 """
 from __future__ import annotations

@@ -220,8 +220,9 @@ def run_tracking(args: argparse.Namespace) -> int:
     kind = tracker_kind(source)
     uses_detector = text is not None and not reads_text(kind)
     if uses_detector and not args.detector:
-        raise ValueError(f"--tracker {args.tracker} is {kind}, which reads no text: give --detector (GroundingDINO; its "
-                         "boxes of --text on --key-frame prompt the tracker) or use --box/--point instead of --text")
+        raise ValueError(f"--tracker {args.tracker} is {kind}, which reads no text: give --detector (GroundingDINO; "
+                         "its boxes of --text on --key-frame prompt the tracker) or use --box/--point instead of "
+                         "--text")
     if args.detector and not uses_detector:
         raise ValueError("--detector is only used to find --text for a tracker that reads no text; leave it out")
     clip = read_frames(args.video, start=args.start, stride=args.stride, max_frames=args.max_frames)

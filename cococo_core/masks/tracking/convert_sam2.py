@@ -67,7 +67,8 @@ _RULES: tuple[tuple[str, str], ...] = (
     (r"^memory_encoder\.fuser\.layers\.(\d+)\.gamma$", r"memory_encoder.memory_fuser.layers.\1.scale"),
     (r"^memory_encoder\.fuser\.layers\.(\d+)\.dwconv\.", r"memory_encoder.memory_fuser.layers.\1.depthwise_conv."),
     (r"^memory_encoder\.fuser\.layers\.(\d+)\.norm\.", r"memory_encoder.memory_fuser.layers.\1.layer_norm."),
-    (r"^memory_encoder\.fuser\.layers\.(\d+)\.pwconv(\d)\.", r"memory_encoder.memory_fuser.layers.\1.pointwise_conv\2."),
+    (r"^memory_encoder\.fuser\.layers\.(\d+)\.pwconv(\d)\.",
+     r"memory_encoder.memory_fuser.layers.\1.pointwise_conv\2."),
     # memory parameters and object pointers
     (r"^maskmem_tpos_enc$", "memory_temporal_positional_encoding"),
     (r"^no_mem_embed$", "no_memory_embedding"),

@@ -23,7 +23,6 @@ also tracked back to the key frame.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
