@@ -29,7 +29,8 @@ WORKFLOWS = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "workflow
 # runs on the tiny models: one step; random-weight detectors keep every box; a short LLaVA reply
 FAST = {"CoCoCoSampler": {"steps": 1}, "CoCoCoLGVIRemove": {"steps": 1},
         "CoCoCoLGVIChat": {"steps": 1, "max_new_tokens": 6},
-        "CoCoCoMaskFromText": {"box_threshold": 0.0, "detection_size": 256}}
+        "CoCoCoMaskFromText": {"box_threshold": 0.0, "detection_size": 256},
+        "CoCoCoTrackMasks": {"box_threshold": 0.0, "detection_size": 256, "max_objects": 2}}
 # the native workflows need full-size CLIP/VAE checkpoints (tests/test_comfyui_native_server.py): opened only
 RUNS = {name: FAST for name in WORKFLOWS if not name.startswith("cococo_native_")}
 PLANTED = "planted_overlap_and_long_value"
