@@ -1,0 +1,291 @@
+"""SAM 3 (Carion et al. 2025, "SAM 3: Segment Anything with Concepts"): a text phrase -> every instance it names,
+tracked with stable ids through the video (transformers ``Sam3VideoModel``: the detector finds the instances on each
+frame, the SAM 2 style tracker carries them, and the matching / hot-start / reconditioning heuristics of the official
+``Sam3VideoInference`` decide which ids live).
+
+Files: the original ``sam3.pt`` (converted in memory, :mod:`.convert_sam3`) with the CLIP BPE vocabulary next to it
+(``bpe_simple_vocab_16e6.txt.gz`` as the official package ships it, or ``vocab.json`` + ``merges.txt``), or a
+Hugging Face ``Sam3VideoModel`` folder (``model_type`` ``sam3_video``; its tokenizer files in the folder).
+
+Frames are prepared as the official loader prepares a list of frames (``sam3/model/io_utils.py``): a square
+``image_size`` PIL resize, ``/255``, float16 storage, normalised with mean = std = 0.5. They are fed one at a time
+and only the current one is kept, so frame memory does not grow with the video length; the tracker's per-frame
+state older than the frames its memory reads is dropped (:func:`prune_session`).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...hooks import check_cancelled, report
+from . import mask_ops
+from .base import TrackPrompt, TrackResult, Tracker, union_of
+from .registry import TrackerSource, register_tracker
+
+log = logging.getLogger(__name__)
+
+KIND = "sam3"
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+CONTEXT_LENGTH = 32  # sam3 VETextEncoder context_length
+# the official build_outputs / _postprocess_output: a frame where an object has no mask gets this logit
+NO_OBJECT_LOGIT = -1024.0
+# detector inputs the video model never reads: the geometry encoder's point projections (``add_prompt`` of the
+# official video model takes text and boxes only, and transformers' Sam3 geometry encoder has no point branch)
+UNUSED_ORIGINAL = ("detector.geometry_encoder.points_",)
+
+
+def _is_sam3(source: TrackerSource) -> bool:
+    if source.is_folder:
+        return source.model_type == "sam3_video"
+    from .convert_sam3 import is_original_sam3
+
+    try:
+        return is_original_sam3(source.state().keys())
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def byte_symbols() -> list[str]:
+    """The GPT-2 / CLIP byte -> unicode table in byte order: printable bytes stand for themselves, the other 68 take
+    U+0100 onwards (``bytes_to_unicode`` of openai/CLIP ``simple_tokenizer.py``)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    codes, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def _bpe_to_tokenizer_files(bpe: Path, folder: Path) -> Path:
+    """``vocab.json`` + ``merges.txt`` for ``CLIPTokenizer`` from the OpenAI CLIP BPE merges file, with the vocabulary
+    the official ``SimpleTokenizer`` builds (the 256 byte symbols, the same with ``</w>``, one entry per merge of
+    lines 1..48894, then start/end of text), so token ids are the official ones."""
+    lines = gzip.open(bpe, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line.strip()]
+    symbols = byte_symbols()
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return folder
+
+
+def load_tokenizer(folder: Path):
+    """The CLIP tokenizer SAM 3 was trained with, from ``folder`` (``vocab.json`` + ``merges.txt``, or the official
+    ``bpe_simple_vocab_16e6.txt.gz``)."""
+    from transformers import CLIPTokenizer
+
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    for bpe in (folder / BPE_FILE, *sorted(folder.glob("bpe_*.txt.gz"))):
+        if bpe.is_file():
+            with tempfile.TemporaryDirectory() as tmp:
+                return CLIPTokenizer.from_pretrained(str(_bpe_to_tokenizer_files(bpe, Path(tmp))), local_files_only=True)
+    raise FileNotFoundError(
+        f"SAM 3 needs its CLIP text vocabulary next to the model: put {BPE_FILE} (from the official sam3 package, "
+        f"sam3/assets/) or vocab.json + merges.txt (from the facebook/sam3 Hugging Face folder) into {folder}")
+
+
+def tokenize(tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) (1, 32) as the official ``SimpleTokenizer``: start, BPE tokens, end, then zeros
+    (truncated to 32 with the end token kept); the mask marks the non-zero ids."""
+    ids = tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]
+    if len(ids) > CONTEXT_LENGTH:
+        ids = ids[:CONTEXT_LENGTH - 1] + [ids[-1]]
+    row = torch.zeros(1, CONTEXT_LENGTH, dtype=torch.long)
+    row[0, :len(ids)] = torch.tensor(ids)
+    return row, (row != 0).long()
+
+
+def prepare_frame(frame: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, size, size) float16 from one (H, W, 3) uint8 frame, as ``load_resource_as_video_frames`` does for a list
+    of PIL images: PIL's default resize to a square, /255, then (x - 0.5) / 0.5 in float16."""
+    from PIL import Image
+
+    image = Image.fromarray(frame.numpy()).resize((size, size))
+    pixels = torch.from_numpy(np.asarray(image) / 255.0).permute(2, 0, 1).to(torch.float16)
+    half = torch.tensor(0.5, dtype=torch.float16)
+    return (pixels - half) / half
+
+
+def prune_session(session, frame_idx: int, window: int) -> None:
+    """Drop the per-frame tracker state no later frame reads: non-conditioning outputs more than ``window`` frames
+    behind ``frame_idx`` (the memory bank reads the last ``num_maskmem`` frames and the object pointers of the last
+    ``max_object_pointers_in_encoder``), and per-frame bookkeeping of those frames."""
+    oldest = frame_idx - window
+    for outputs in session.output_dict_per_obj.values():
+        stale = [f for f in outputs["non_cond_frame_outputs"] if f < oldest]
+        for f in stale:
+            del outputs["non_cond_frame_outputs"][f]
+    for per_frame in (session.obj_id_to_tracker_score_frame_wise, session.suppressed_obj_ids):
+        for f in [f for f in per_frame if f < oldest]:
+            del per_frame[f]
+    for f in [f for f in (session.processed_frames or {}) if f != frame_idx]:
+        del session.processed_frames[f]
+
+
+class Sam3Tracker(Tracker):
+    """Text -> every matching instance, tracked (``Sam3VideoModel``)."""
+
+    kind = KIND
+    supports_text = True
+    supports_prompts = False
+
+    def __init__(self, model, tokenizer, source: str = "", variant: str = ""):
+        super().__init__(source, variant)
+        mask_ops.install()
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def memory_window(self) -> int:
+        tracker = self.model.config.tracker_config
+        return max(tracker.num_maskmem, tracker.max_object_pointers_in_encoder) + 1
+
+    def track(self, frames, prompts: Sequence[TrackPrompt] = (), text: Optional[str] = None, *,
+              progress=None, cancel=None, **options) -> TrackResult:
+        if options:
+            raise ValueError(f"sam3 tracker: unknown option(s) {sorted(options)}")
+        if prompts:
+            raise ValueError("the SAM 3 tracker follows a text phrase; boxes and clicks need a SAM 2 / EdgeTAM model")
+        if not text or not text.strip():
+            raise ValueError("the SAM 3 tracker needs a text phrase (e.g. 'person', 'the dog on the left')")
+        from .api import as_uint8_frames
+
+        frames = as_uint8_frames(frames)
+        count, height, width = frames.shape[:3]
+        logits_per_frame = self.run(frames, text.strip(), progress=progress, cancel=cancel)
+        return self.assemble(logits_per_frame, count, height, width)
+
+    def new_session(self, height: int, width: int, text: str):
+        from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
+
+        session = Sam3VideoInferenceSession(video=None, video_height=height, video_width=width,
+                                            inference_device=self.device, inference_state_device=self.device,
+                                            video_storage_device="cpu", dtype=self.dtype)
+        prompt_id = session.add_prompt(text)
+        ids, mask = tokenize(self.tokenizer, text)
+        session.prompt_input_ids[prompt_id] = ids.to(self.device)
+        session.prompt_attention_masks[prompt_id] = mask.to(self.device)
+        return session
+
+    @torch.inference_mode()
+    def run(self, frames: torch.Tensor, text: str, *, progress=None, cancel=None) -> dict[int, dict]:
+        """Per frame: {obj_id: (low-res logits (H_low, W_low) float32 on the CPU, score)} for the objects the official
+        post-processing shows (not suppressed, not removed at hot start, non-empty)."""
+        count, height, width = frames.shape[:3]
+        size = self.model.config.image_size
+        session = self.new_session(height, width, text)
+        delay = self.model.hotstart_delay
+        window = self.memory_window() + max(delay, 0)
+        buffer, shown = [], {}
+        for frame_idx in range(count):
+            check_cancelled(cancel)
+            session.add_new_frame(prepare_frame(frames[frame_idx], size), frame_idx)
+            out = self.model(inference_session=session, frame_idx=frame_idx)
+            if delay > 0:
+                buffer.append(out)
+                session.hotstart_removed_obj_ids.update(out.removed_obj_ids)
+                if frame_idx == count - 1:
+                    ready, buffer = buffer, []
+                elif len(buffer) >= delay:
+                    ready, buffer = buffer[:1], buffer[1:]
+                else:
+                    ready = []
+            else:
+                ready = [out]
+            for item in ready:
+                shown[item.frame_idx] = self._visible(session, item)
+            prune_session(session, frame_idx, window)
+            report(progress, frame_idx + 1, count)
+        return shown
+
+    @staticmethod
+    def _visible(session, out) -> dict[int, tuple[torch.Tensor, float]]:
+        hidden = set(out.suppressed_obj_ids or ()) | set(session.hotstart_removed_obj_ids)
+        visible = {}
+        for obj_id in sorted(out.obj_id_to_mask):
+            if obj_id in hidden:
+                continue
+            low = out.obj_id_to_mask[obj_id][0].float().cpu()
+            visible[int(obj_id)] = (low, float(out.obj_id_to_score[obj_id]))
+        return visible
+
+    @staticmethod
+    def assemble(shown: dict[int, dict], count: int, height: int, width: int) -> TrackResult:
+        """Logits at frame size (bilinear, as the official ``build_outputs``), ``NO_OBJECT_LOGIT`` where an object
+        is not shown; objects whose mask is empty on every frame are dropped (the official output hides them)."""
+        ids = sorted({obj_id for per_frame in shown.values() for obj_id in per_frame})
+        logits = torch.full((len(ids), count, height, width), NO_OBJECT_LOGIT, dtype=torch.float32)
+        best = {obj_id: 0.0 for obj_id in ids}
+        for frame_idx, per_frame in shown.items():
+            for obj_id, (low, score) in per_frame.items():
+                row = ids.index(obj_id)
+                logits[row, frame_idx] = F.interpolate(low[None, None], size=(height, width), mode="bilinear",
+                                                       align_corners=False)[0, 0]
+                best[obj_id] = max(best[obj_id], score)
+        keep = [i for i, obj_id in enumerate(ids) if (logits[i] > 0).any()]
+        logits = logits[keep]
+        kept = [ids[i] for i in keep]
+        return TrackResult(union_of(logits, (count, height, width)), logits, kept, [best[i] for i in kept])
+
+
+def _finish(model, device, dtype):
+    model = model.to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_original(path: Path, state: dict, device, dtype) -> Sam3Tracker:
+    """``sam3.pt`` -> :class:`Sam3Tracker`: every tensor of the file is placed (or is one of ``UNUSED_ORIGINAL`` /
+    a rotary table) and every model tensor comes from the file."""
+    from transformers import Sam3VideoModel
+
+    from ..loading import _load_into
+    from .convert_sam3 import convert_sam3_state_dict, sam3_config_from_state_dict
+
+    config = sam3_config_from_state_dict(state)
+    unused = [k for k in state if k.startswith(UNUSED_ORIGINAL)]
+    if unused:
+        log.info("sam3: %d detector point-prompt tensors are not used by the video model", len(unused))
+    converted = convert_sam3_state_dict({k: v for k, v in state.items() if k not in set(unused)})
+    model = Sam3VideoModel(config)
+    _load_into(model, converted, path, "SAM 3")
+    tokenizer = load_tokenizer(path.parent)
+    vit = config.detector_config.vision_config.backbone_config
+    variant = f"{vit.num_hidden_layers}-layer ViT-{vit.hidden_size}"
+    return Sam3Tracker(_finish(model, device, dtype), tokenizer, str(path), variant)
+
+
+def load(source: TrackerSource, device=None, dtype=None) -> Sam3Tracker:
+    device = torch.device(device or "cpu")
+    dtype = dtype or torch.float32
+    if source.is_folder:
+        from transformers import Sam3VideoModel
+
+        model = Sam3VideoModel.from_pretrained(str(source.path), local_files_only=True)
+        return Sam3Tracker(_finish(model, device, dtype), load_tokenizer(source.path), str(source.path), "folder")
+    return load_original(source.path, source.state(), device, dtype)
+
+
+register_tracker(KIND, _is_sam3, load, accepts="sam3.pt (+ its bpe_simple_vocab_16e6.txt.gz) or a Sam3VideoModel folder")
