@@ -137,6 +137,55 @@ def prune_session(session, frame_idx: int, window: int) -> None:
         del session.processed_frames[f]
 
 
+def encode_empty_geometry(geometry_encoder, vision_embeds) -> tuple[torch.Tensor, torch.Tensor]:
+    """The geometry encoder's output for "no boxes": its CLS token attended to the image, (B, 1, C) and its
+    valid-mask (B, 1). The box branch is skipped for zero boxes (it would only produce empty tensors, through an
+    ``roi_align`` that needs torchvision)."""
+    fpn = vision_embeds.fpn_hidden_states[:-1]
+    positions = vision_embeds.fpn_position_encoding[:-1]
+    batch, channels = fpn[-1].shape[:2]
+    device = fpn[-1].device
+    no_boxes = torch.zeros(batch, 0, 4, dtype=fpn[-1].dtype, device=device)
+    no_mask = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+    encode_boxes = geometry_encoder._encode_boxes
+    geometry_encoder._encode_boxes = lambda boxes, mask, labels, feats: (
+        torch.zeros(batch, 0, channels, dtype=feats.dtype, device=device), mask)
+    try:
+        out = geometry_encoder(box_embeddings=no_boxes, box_mask=no_mask,
+                               box_labels=no_mask.long(), img_feats=fpn, img_pos_embeds=positions)
+    finally:
+        del geometry_encoder._encode_boxes
+        assert geometry_encoder._encode_boxes == encode_boxes
+    return out.last_hidden_state, out.attention_mask.bool()
+
+
+def with_geometry_token(detector) -> None:
+    """Make a text-only detection see the prompt the original sees.
+
+    The official ``Sam3Image._encode_prompt`` always runs the geometry encoder (``add_cls=True``) and appends its
+    CLS token to the text tokens (``prompt = cat([txt_feats, geo_feats])``), boxes or not; transformers'
+    ``Sam3Model.forward`` runs it only when boxes are given, so its text-only scores and masks differ (detection
+    probabilities ~0.04 apart on a random-weight model). This wraps the instance's ``forward``: without boxes, the
+    CLS token is encoded and appended to the text features and their mask, as the original does."""
+    forward = detector.forward
+
+    def forward_with_geometry_token(*args, vision_embeds=None, text_embeds=None, attention_mask=None,
+                                    input_boxes=None, **kwargs):
+        if input_boxes is None and vision_embeds is not None and text_embeds is not None:
+            import copy
+
+            tokens, token_mask = encode_empty_geometry(detector.geometry_encoder, vision_embeds)
+            text_mask = (attention_mask if attention_mask is not None else
+                         torch.ones(text_embeds.pooler_output.shape[:2], device=tokens.device)).bool()
+            text_embeds = copy.copy(text_embeds)  # cached in the session: do not change the cached one
+            text_embeds["pooler_output"] = torch.cat([text_embeds.pooler_output, tokens], dim=1)
+            attention_mask = torch.cat([text_mask, token_mask], dim=1)
+        return forward(*args, vision_embeds=vision_embeds, text_embeds=text_embeds, attention_mask=attention_mask,
+                       input_boxes=input_boxes, **kwargs)
+
+    detector.forward = forward_with_geometry_token
+
+
 class Sam3Tracker(Tracker):
     """Text -> every matching instance, tracked (``Sam3VideoModel``)."""
 
@@ -147,6 +196,7 @@ class Sam3Tracker(Tracker):
     def __init__(self, model, tokenizer, source: str = "", variant: str = ""):
         super().__init__(source, variant)
         mask_ops.install()
+        with_geometry_token(model.detector_model)
         self.model = model
         self.tokenizer = tokenizer
 
@@ -199,6 +249,12 @@ class Sam3Tracker(Tracker):
         delay = self.model.hotstart_delay
         window = self.memory_window() + max(delay, 0)
         buffer, shown = [], {}
+        # The official flow (Sam3VideoPredictor: add_prompt on frame 0, then propagate_in_video from frame 0) runs
+        # frame 0 once when the phrase is added and again as the first propagated frame; the second pass then sees
+        # the objects the first one started. transformers' propagate_in_video_iterator runs it once only.
+        check_cancelled(cancel)
+        session.add_new_frame(prepare_frame(frames[0], size), 0)
+        self.model(inference_session=session, frame_idx=0)
         for frame_idx in range(count):
             check_cancelled(cancel)
             session.add_new_frame(prepare_frame(frames[frame_idx], size), frame_idx)
