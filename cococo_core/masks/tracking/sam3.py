@@ -186,6 +186,51 @@ def with_geometry_token(detector) -> None:
     detector.forward = forward_with_geometry_token
 
 
+def add_objects_as_original(model) -> None:
+    """New detections enter the tracker as the original enters them (``Sam3VideoBase._tracker_add_new_objects``):
+    the detector's low-res mask logits are resized bilinearly to the tracker's input mask size (4x) and
+    thresholded at 0. transformers thresholds the low-res logits at 0.5 (a probability threshold applied to
+    logits) without the resize."""
+
+    def tracker_add_new_objects(inference_session, frame_idx, new_obj_ids, new_obj_masks, reverse=False):
+        size = 4 * new_obj_masks.shape[-1]
+        masks = F.interpolate(new_obj_masks[:, None].float(), size=(size, size), mode="bilinear",
+                              align_corners=False)[:, 0] > 0
+        for obj_id, mask in zip(new_obj_ids, masks):
+            inference_session.add_mask_inputs(inference_session.obj_id_to_idx(obj_id), frame_idx, mask[None, None])
+        inference_session.obj_with_new_inputs = list(new_obj_ids)
+        model.tracker_model(inference_session=inference_session, frame_idx=frame_idx, reverse=reverse,
+                            run_mem_encoder=True)
+
+    model._tracker_add_new_objects = tracker_add_new_objects
+
+
+def mask_input_as_original(tracker_model) -> None:
+    """A mask prompt is used as the original uses it (``Sam3TrackerBase._use_mask_as_output``): at the size it comes
+    in (the tracker's input mask size), as logits ``20 * mask - 10``, with the object pointer decoded from
+    ``mask_downsample`` of that mask. transformers first resizes the binary mask to the image size (antialiased,
+    so no longer binary), which changes both the memory and the object pointer."""
+    use_mask_as_output = tracker_model._use_mask_as_output
+
+    def use_mask_as_original(backbone_features, high_res_features, mask_inputs):
+        out = use_mask_as_output(backbone_features, high_res_features, mask_inputs)
+        dtype = backbone_features[0].dtype
+        mask = mask_inputs.to(dtype)
+        high_res = mask * 20.0 - 10.0
+        appearing = torch.any(mask.flatten(1) > 0.0, dim=1)[..., None].to(dtype)
+        pointer = tracker_model._single_frame_forward(input_masks=tracker_model.mask_downsample(mask),
+                                                      image_embeddings=high_res_features + [backbone_features],
+                                                      ).object_pointer
+        pointer = appearing * pointer + (1 - appearing) * tracker_model.no_object_pointer
+        out.high_res_masks = high_res
+        out.pred_masks = F.interpolate(high_res.float(), size=tracker_model.prompt_encoder.mask_input_size,
+                                       align_corners=False, mode="bilinear", antialias=True).to(dtype)
+        out.object_pointer = pointer
+        return out
+
+    tracker_model._use_mask_as_output = use_mask_as_original
+
+
 class Sam3Tracker(Tracker):
     """Text -> every matching instance, tracked (``Sam3VideoModel``)."""
 
@@ -197,6 +242,8 @@ class Sam3Tracker(Tracker):
         super().__init__(source, variant)
         mask_ops.install()
         with_geometry_token(model.detector_model)
+        add_objects_as_original(model)
+        mask_input_as_original(model.tracker_model)
         self.model = model
         self.tokenizer = tokenizer
 
