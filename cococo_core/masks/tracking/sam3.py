@@ -205,30 +205,89 @@ def add_objects_as_original(model) -> None:
     model._tracker_add_new_objects = tracker_add_new_objects
 
 
-def mask_input_as_original(tracker_model) -> None:
-    """A mask prompt is used as the original uses it (``Sam3TrackerBase._use_mask_as_output``): at the size it comes
-    in (the tracker's input mask size), as logits ``20 * mask - 10``, with the object pointer decoded from
-    ``mask_downsample`` of that mask. transformers first resizes the binary mask to the image size (antialiased,
-    so no longer binary), which changes both the memory and the object pointer."""
+def mask_input_as_original(tracker_model, video_size) -> None:
+    """A mask prompt is used as the original uses it (``Sam3TrackerPredictor.add_new_mask`` then
+    ``propagate_in_video_preflight``):
+
+    * the object pointer is decoded from ``mask_downsample`` of the mask at the size it comes in, by a single-mask
+      decoder pass (``_forward_sam_heads`` defaults to ``multimask_output=False``; transformers decodes three masks
+      and takes the best, after resizing the binary mask to the image size);
+    * the frame's output is the mask itself at video resolution as logits +-1024 (``pred_masks_video_res``),
+      brought to the low-res mask size with antialiasing (``_consolidate_temp_output_across_obj``); its memory is
+      made from that output resized to the image size and binarised (``is_mask_from_pts=True``).
+
+    ``video_size()`` -> (H, W) of the video being tracked."""
     use_mask_as_output = tracker_model._use_mask_as_output
 
     def use_mask_as_original(backbone_features, high_res_features, mask_inputs):
         out = use_mask_as_output(backbone_features, high_res_features, mask_inputs)
         dtype = backbone_features[0].dtype
         mask = mask_inputs.to(dtype)
-        high_res = mask * 20.0 - 10.0
         appearing = torch.any(mask.flatten(1) > 0.0, dim=1)[..., None].to(dtype)
         pointer = tracker_model._single_frame_forward(input_masks=tracker_model.mask_downsample(mask),
                                                       image_embeddings=high_res_features + [backbone_features],
-                                                      ).object_pointer
-        pointer = appearing * pointer + (1 - appearing) * tracker_model.no_object_pointer
-        out.high_res_masks = high_res
-        out.pred_masks = F.interpolate(high_res.float(), size=tracker_model.prompt_encoder.mask_input_size,
-                                       align_corners=False, mode="bilinear", antialias=True).to(dtype)
-        out.object_pointer = pointer
+                                                      multimask_output=False).object_pointer
+        out.object_pointer = appearing * pointer + (1 - appearing) * tracker_model.no_object_pointer
+        video = F.interpolate(mask.float(), size=video_size(), mode="bilinear", align_corners=False, antialias=True)
+        video_logits = torch.where(video > 0.5, -NO_OBJECT_LOGIT, NO_OBJECT_LOGIT)
+        low = F.interpolate(video_logits, size=tracker_model.prompt_encoder.mask_input_size, mode="bilinear",
+                            align_corners=False, antialias=True)
+        size = tracker_model.image_size
+        out.pred_masks = low.to(dtype)
+        out.high_res_masks = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).to(dtype)
         return out
 
     tracker_model._use_mask_as_output = use_mask_as_original
+
+
+def memory_as_original(tracker_model) -> None:
+    """Memory encoding in the original order (``Sam3TrackerBase._encode_new_memory`` + ``SimpleMaskDownSampler``):
+    binarise (mask prompts) or sigmoid the image-size mask logits, scale and shift them (x20, -10), THEN resize the
+    result to the memory mask size with antialiasing. transformers resizes the logits first and applies the
+    sigmoid / threshold after, which differs along every mask edge."""
+    config = tracker_model.config
+
+    def encode_new_memory(current_vision_feats, pred_masks_high_res, object_score_logits, is_mask_from_pts):
+        batch = current_vision_feats.size(1)
+        height, width = tracker_model.backbone_feature_sizes[-1]
+        pixels = current_vision_feats.permute(1, 2, 0).view(batch, tracker_model.hidden_dim, height, width)
+        dtype = pred_masks_high_res.dtype
+        mask = (pred_masks_high_res > 0).to(dtype) if is_mask_from_pts else torch.sigmoid(pred_masks_high_res)
+        mask = mask * config.sigmoid_scale_for_mem_enc + config.sigmoid_bias_for_mem_enc
+        size = tuple(4 * s for s in tracker_model.prompt_encoder.mask_input_size)
+        if tuple(mask.shape[-2:]) != size:
+            mask = F.interpolate(mask.float(), size=size, mode="bilinear", align_corners=False,
+                                 antialias=True).to(dtype)
+        features, positions = tracker_model.memory_encoder(pixels, mask)
+        if tracker_model.occlusion_spatial_embedding_parameter is not None:
+            absent = 1 - (object_score_logits > 0).float()
+            features = features + absent[..., None] * tracker_model.occlusion_spatial_embedding_parameter[
+                ..., None, None].expand(*features.shape)
+        # both implementations keep the memory bank in bfloat16
+        features = features.to(torch.bfloat16).flatten(2).permute(2, 0, 1)
+        positions = positions.to(dtype).flatten(2).permute(2, 0, 1)
+        return features, positions
+
+    tracker_model._encode_new_memory = encode_new_memory
+
+
+def update_memories_as_original(model) -> None:
+    """Memory refresh after each frame as the original does it (``Sam3VideoBase._tracker_update_memories``): the
+    tracker's low-res logits are first resized bilinearly to the memory mask size, then suppressed / scored /
+    encoded. transformers encodes the low-res logits and resizes later (after the sigmoid, in our
+    :func:`memory_as_original`), which differs along mask edges."""
+    update_memories = model._tracker_update_memories
+    size = tuple(4 * s for s in model.tracker_model.prompt_encoder.mask_input_size)
+
+    def resized(masks: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(masks.float(), size=size, mode="bilinear", align_corners=False)
+
+    def tracker_update_memories(inference_session, frame_idx, low_res_masks, reconditioned_masks=None):
+        high = resized(low_res_masks.unsqueeze(1)).squeeze(1)
+        recondition = {k: resized(v) for k, v in (reconditioned_masks or {}).items()}
+        return update_memories(inference_session, frame_idx, high, recondition)
+
+    model._tracker_update_memories = tracker_update_memories
 
 
 class Sam3Tracker(Tracker):
@@ -243,7 +302,10 @@ class Sam3Tracker(Tracker):
         mask_ops.install()
         with_geometry_token(model.detector_model)
         add_objects_as_original(model)
-        mask_input_as_original(model.tracker_model)
+        mask_input_as_original(model.tracker_model, lambda: self._video_size)
+        memory_as_original(model.tracker_model)
+        update_memories_as_original(model)
+        self._video_size = (0, 0)
         self.model = model
         self.tokenizer = tokenizer
 
@@ -277,6 +339,7 @@ class Sam3Tracker(Tracker):
     def new_session(self, height: int, width: int, text: str):
         from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
+        self._video_size = (height, width)
         session = Sam3VideoInferenceSession(video=None, video_height=height, video_width=width,
                                             inference_device=self.device, inference_state_device=self.device,
                                             video_storage_device="cpu", dtype=self.dtype)
