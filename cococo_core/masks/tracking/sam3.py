@@ -240,11 +240,12 @@ def mask_input_as_original(tracker_model, video_size) -> None:
     tracker_model._use_mask_as_output = use_mask_as_original
 
 
-def memory_as_original(tracker_model) -> None:
+def memory_as_original(tracker_model, memory_dtype) -> None:
     """Memory encoding in the original order (``Sam3TrackerBase._encode_new_memory`` + ``SimpleMaskDownSampler``):
     binarise (mask prompts) or sigmoid the image-size mask logits, scale and shift them (x20, -10), THEN resize the
     result to the memory mask size with antialiasing. transformers resizes the logits first and applies the
-    sigmoid / threshold after, which differs along every mask edge."""
+    sigmoid / threshold after, which differs along every mask edge. ``memory_dtype()``: the storage dtype of the
+    memory bank (both implementations keep it in bfloat16)."""
     config = tracker_model.config
 
     def encode_new_memory(current_vision_feats, pred_masks_high_res, object_score_logits, is_mask_from_pts):
@@ -263,8 +264,7 @@ def memory_as_original(tracker_model) -> None:
             absent = 1 - (object_score_logits > 0).float()
             features = features + absent[..., None] * tracker_model.occlusion_spatial_embedding_parameter[
                 ..., None, None].expand(*features.shape)
-        # both implementations keep the memory bank in bfloat16
-        features = features.to(torch.bfloat16).flatten(2).permute(2, 0, 1)
+        features = features.to(memory_dtype()).flatten(2).permute(2, 0, 1)
         positions = positions.to(dtype).flatten(2).permute(2, 0, 1)
         return features, positions
 
@@ -290,12 +290,29 @@ def update_memories_as_original(model) -> None:
     model._tracker_update_memories = tracker_update_memories
 
 
+def periodic_recondition_keeps_tracker_output(model) -> None:
+    """On the periodic reconditioning frames (every ``recondition_every_nth_frame``) the original re-feeds the
+    matched detections to the tracker but still outputs the tracker's masks: only its box-IoU reconditioning
+    (``reconstruction_bbox_iou_thresh``, 0 in ``build_sam3_video_model``) replaces an output by the detection
+    (``Sam3VideoBase.run_tracker_update_planning_phase``). transformers replaces the outputs of every periodically
+    reconditioned object by its detection mask; here the ids are withheld from that replacement."""
+    prepare = model._prepare_recondition_masks
+
+    def prepare_recondition_masks(*args, **kwargs):
+        masks, _ = prepare(*args, **kwargs)
+        return masks, set()
+
+    model._prepare_recondition_masks = prepare_recondition_masks
+
+
 class Sam3Tracker(Tracker):
     """Text -> every matching instance, tracked (``Sam3VideoModel``)."""
 
     kind = KIND
     supports_text = True
     supports_prompts = False
+    # the memory bank's storage dtype, as in the official package and transformers (half the memory of float32)
+    memory_dtype = torch.bfloat16
 
     def __init__(self, model, tokenizer, source: str = "", variant: str = ""):
         super().__init__(source, variant)
@@ -303,8 +320,9 @@ class Sam3Tracker(Tracker):
         with_geometry_token(model.detector_model)
         add_objects_as_original(model)
         mask_input_as_original(model.tracker_model, lambda: self._video_size)
-        memory_as_original(model.tracker_model)
+        memory_as_original(model.tracker_model, lambda: self.memory_dtype)
         update_memories_as_original(model)
+        periodic_recondition_keeps_tracker_output(model)
         self._video_size = (0, 0)
         self.model = model
         self.tokenizer = tokenizer
