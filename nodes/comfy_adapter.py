@@ -86,6 +86,19 @@ MODEL_KINDS = {
             folder_markers=("config.json",),
         ),
         ModelKind(
+            "sam2",
+            "a SAM 2 / SAM 2.1 video tracker: an original sam2.1_hiera_{tiny,small,base_plus,large}.pt /"
+            " sam2_hiera_*.pt or a transformers 'sam2_video' folder (EdgeTAM: edgetam.pt)",
+            "https://github.com/facebookresearch/sam2 (checkpoints) or https://huggingface.co/facebook/sam2.1-hiera-tiny",
+            folder_markers=("config.json",),
+        ),
+        ModelKind(
+            "sam3",
+            "a SAM 3 video model (text -> tracked instances): the original sam3.pt or a transformers folder",
+            "https://huggingface.co/facebook/sam3",
+            folder_markers=("config.json",),
+        ),
+        ModelKind(
             "clip_vision",
             "a CLIP image model for the video metrics: ComfyUI's ViT-L/14 file (e.g. clip-vit-large-patch14"
             " model.safetensors; with its text tower it also gives the CLIP score) or a transformers CLIP folder",
@@ -103,7 +116,7 @@ MODEL_KINDS = {
         ),
     )
 }
-PACK_KEYS = ("cococo", "grounding-dino", "sams", "lgvi")  # the folders this pack adds to ComfyUI's
+PACK_KEYS = ("cococo", "grounding-dino", "sams", "sam2", "sam3", "lgvi")  # the folders this pack adds to ComfyUI's
 
 _models_dir: Path | None = None
 

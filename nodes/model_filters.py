@@ -63,3 +63,24 @@ def llava_folder(path: Path) -> bool:
 def clip_vision_folder(path: Path) -> bool:
     """A CLIP (vision) transformers folder."""
     return _json(Path(path) / "config.json").get("model_type") in ("clip", "clip_vision_model")
+
+
+TRACKER_MODEL_TYPES = ("sam2_video", "sam3_video", "sam3_tracker_video", "edgetam_video")
+TRACKER_NAME_HINTS = ("sam2", "sam3", "edgetam")
+
+
+def tracker_model(path: Path) -> bool:
+    """A video tracker among Segment Anything models (``models/sams`` may hold SAM 2 files): a transformers folder
+    of a video model type, a .safetensors with SAM 2's memory tensors, or a pickle named like one."""
+    path = Path(path)
+    if path.is_dir():
+        return _json(path / "config.json").get("model_type") in TRACKER_MODEL_TYPES
+    if path.suffix.lower() in HEADER_ONLY_SUFFIXES:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as handle:
+                return any(key.endswith("maskmem_tpos_enc") for key in handle.keys())
+        except (OSError, ValueError, RuntimeError):
+            return True
+    return any(hint in path.name.lower() for hint in TRACKER_NAME_HINTS)

@@ -52,6 +52,8 @@ def _api(name: str, steps: int = 1) -> dict:
             node["inputs"]["steps"] = steps
         if node["class_type"] == "CoCoCoMaskFromText":  # random weights: keep every box so masks are not empty
             node["inputs"].update(box_threshold=0.0, detection_size=256)
+        if node["class_type"] == "CoCoCoTrackMasks":
+            node["inputs"].update(box_threshold=0.0, detection_size=256, max_objects=2)
         if node["class_type"] == "CoCoCoLGVIChat":
             node["inputs"]["max_new_tokens"] = 6
     return prompt

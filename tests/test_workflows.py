@@ -13,6 +13,7 @@ from PIL import Image
 
 import nodes
 import tiny_models
+import tiny_trackers
 import workflow_executor as wx
 from nodes import comfy_adapter
 
@@ -181,6 +182,7 @@ def _install_mask_models(root: Path) -> None:
     sam_hf, _, _ = write_sam_both(models)
     shutil.move(str(dino_hf), models / "grounding-dino" / "grounding-dino-tiny")
     shutil.move(str(sam_hf), models / "sams" / "sam-vit-base")
+    shutil.copytree(tiny_trackers.sam2_folder(), models / "sam2" / "sam2.1-hiera-tiny")
 
 
 def _install_personal_models(root: Path) -> None:
@@ -221,6 +223,26 @@ def test_text_mask_inpainting_workflow(comfy_env):
     assert mask.max() > 0
     assert _saved(outputs, "6").shape == (FRAMES, SIZE, SIZE, 3)
     assert _saved(outputs, "10").shape == (FRAMES, SIZE, SIZE, 3)
+
+
+def test_tracked_mask_inpainting_workflow(comfy_env):
+    prompt = _fast(_api("cococo_tracked_mask_inpaint.json"))
+    prompt["5"]["inputs"].update(box_threshold=0.0, detection_size=256, max_objects=2)  # random weights
+    outputs = wx.execute(prompt, CLASSES)
+    mask, object_masks, preview, ids = outputs["5"][0]
+    assert ids == "1, 2"
+    assert mask.shape == (FRAMES, SIZE, SIZE) and object_masks.shape == (2 * FRAMES, SIZE, SIZE)
+    assert torch.equal(mask, torch.maximum(object_masks[:FRAMES], object_masks[FRAMES:]))
+    assert preview.shape == (FRAMES, SIZE, SIZE, 3) and mask.max() > 0
+    assert _saved(outputs, "10").shape == (FRAMES, SIZE, SIZE, 3)
+    assert comfy_env["bars"], "no progress reported"
+
+
+def test_tracker_node_needs_grounding_dino_for_text_with_sam2(comfy_env):
+    prompt = _fast(_api("cococo_tracked_mask_inpaint.json"))
+    del prompt["5"]["inputs"]["grounding_dino"]
+    with pytest.raises(ValueError, match="does not read text: connect a GroundingDINO model"):
+        wx.execute(prompt, CLASSES)
 
 
 def test_lora_workflow_personalizes_a_copy(comfy_env):

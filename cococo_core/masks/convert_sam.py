@@ -138,27 +138,36 @@ def sam_config_from_state_dict(state: Mapping[str, torch.Tensor]):
         global_attn_indexes=global_layers,
         num_pos_feats=state[_FOURIER].shape[1],
     )
-    prompt_hidden = state["prompt_encoder.no_mask_embed.weight"].shape[1]
-    prompt = SamPromptEncoderConfig(
-        hidden_size=prompt_hidden,
-        image_size=grid * patch_size,
-        patch_size=patch_size,
-        mask_input_channels=state["prompt_encoder.mask_downscaling.3.weight"].shape[0],
-        num_point_embeddings=count_indexed(keys, r"^prompt_encoder\.point_embeddings\.(\d+)\."),
-    )
-    decoder_hidden = state["mask_decoder.iou_token.weight"].shape[1]
-    cross_dim = state["mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"].shape[0]
-    decoder = SamMaskDecoderConfig(
-        hidden_size=decoder_hidden,
-        mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
-        num_hidden_layers=count_indexed(keys, r"^mask_decoder\.transformer\.layers\.(\d+)\."),
-        attention_downsample_rate=decoder_hidden // cross_dim,
-        num_multimask_outputs=state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
-        iou_head_depth=count_indexed(keys, r"^mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
-        iou_head_hidden_dim=state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
-        layer_norm_eps=ORIGINAL_TWO_WAY_LAYER_NORM_EPS,
-    )
+    prompt_sizes, decoder_sizes = prompt_and_decoder_sizes(state, "prompt_encoder", "mask_decoder", "mlp.lin1")
+    prompt = SamPromptEncoderConfig(image_size=grid * patch_size, patch_size=patch_size, **prompt_sizes)
+    decoder = SamMaskDecoderConfig(layer_norm_eps=ORIGINAL_TWO_WAY_LAYER_NORM_EPS, **decoder_sizes)
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+def prompt_and_decoder_sizes(state: Mapping[str, torch.Tensor], prompt: str, decoder: str,
+                             first_mlp: str) -> tuple[dict, dict]:
+    """Prompt-encoder and mask-decoder config sizes from the shapes of a SAM-family state dict (SAM and SAM 2 share
+    these modules; ``prompt``/``decoder``: their key prefixes, ``first_mlp``: the name of the two-way blocks' first
+    MLP layer, ``mlp.lin1`` in SAM, ``mlp.layers.0`` in SAM 2)."""
+    keys = list(state)
+    p, d = re.escape(prompt), re.escape(decoder)
+    decoder_hidden = state[f"{decoder}.iou_token.weight"].shape[1]
+    cross_dim = state[f"{decoder}.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"].shape[0]
+    prompt_sizes = dict(
+        hidden_size=state[f"{prompt}.no_mask_embed.weight"].shape[1],
+        mask_input_channels=state[f"{prompt}.mask_downscaling.3.weight"].shape[0],
+        num_point_embeddings=count_indexed(keys, rf"^{p}\.point_embeddings\.(\d+)\."),
+    )
+    decoder_sizes = dict(
+        hidden_size=decoder_hidden,
+        mlp_dim=state[f"{decoder}.transformer.layers.0.{first_mlp}.weight"].shape[0],
+        num_hidden_layers=count_indexed(keys, rf"^{d}\.transformer\.layers\.(\d+)\."),
+        attention_downsample_rate=decoder_hidden // cross_dim,
+        num_multimask_outputs=state[f"{decoder}.mask_tokens.weight"].shape[0] - 1,
+        iou_head_depth=count_indexed(keys, rf"^{d}\.iou_prediction_head\.layers\.(\d+)\."),
+        iou_head_hidden_dim=state[f"{decoder}.iou_prediction_head.layers.0.weight"].shape[0],
+    )
+    return prompt_sizes, decoder_sizes
 
 
 SAM_VARIANTS = {(768, 12): "vit_b", (1024, 24): "vit_l", (1280, 32): "vit_h"}

@@ -103,21 +103,35 @@ def _finish(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
 
 # -- Segment Anything -------------------------------------------------------------------------------------------
 
+TRACKER_MODEL_TYPES = ("sam2_video", "sam2", "sam3_video", "sam3", "edgetam_video", "sam3_tracker_video")
+
+
+def _tracker_message(path: Path) -> str:
+    return (f"{path} is a SAM 2 / SAM 3 model: it tracks objects through a video instead of masking frames one by "
+            "one. Use it as a tracker: the CoCoCo Tracker Loader + CoCoCo Track Masks nodes (put it in models/sam2/), "
+            "`cococo mask --tracker FILE`, or cococo_core.masks.tracking.load_tracker")
+
 def load_segmenter(path: str | os.PathLike, *, device="cpu", dtype=torch.float32) -> Segmenter:
     """SAM from a Hugging Face folder or an original ``sam_vit_*.pth`` (ViT-B/L/H inferred from shapes)."""
     from transformers import SamModel
 
     path = Path(path)
     if path.is_dir():
+        if _hf_model_type(path) in TRACKER_MODEL_TYPES:
+            raise ValueError(_tracker_message(path))
         if _hf_model_type(path) != "sam":
             raise ValueError(f"{path}: not a Hugging Face SAM folder (config.json with model_type 'sam' expected)")
         model = SamModel.from_pretrained(str(path), local_files_only=True)
         return Segmenter(_finish(model, device, dtype), convert_sam.sam_variant(model.config), str(path))
     state = read_checkpoint(path)
+    from .tracking.convert_sam2 import is_original_sam2
+
+    if is_original_sam2(state):
+        raise ValueError(_tracker_message(path))
     if not convert_sam.is_original_sam(state):
         raise ValueError(
             f"{path}: not a Segment Anything checkpoint (no image_encoder.*/mask_decoder.* tensors); "
-            "SAM 2, MobileSAM and EfficientSAM files are not supported"
+            "MobileSAM and EfficientSAM files are not supported"
         )
     config = convert_sam.sam_config_from_state_dict(state)
     model = SamModel(config)

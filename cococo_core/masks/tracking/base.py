@@ -160,6 +160,11 @@ class Tracker(abc.ABC):
         (:mod:`cococo_core.hooks`). ``options`` are backend-specific; an unknown one is an error.
         """
 
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules to move to the compute device while tracking (ComfyUI keeps them offloaded)."""
+        model = getattr(self, "model", None)
+        return [model] if isinstance(model, torch.nn.Module) else []
+
     def describe(self) -> str:
         return f"{self.kind} {self.variant} ({self.source})".strip()
 

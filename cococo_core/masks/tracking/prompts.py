@@ -56,3 +56,20 @@ def parse_boxes(text: str | None) -> list[BoxPrompt]:
 
 def parse_points(text: str | None) -> list[PointPrompt]:
     return [parse_point(item) for item in split_list(text)]
+
+
+def parse_objects(text: str | None):
+    """Which objects to keep: 'all', 'top' / 'top:N' (by score), or ids '1, 3' -> (objects, top_k) for
+    :func:`~.api.track_masks`."""
+    text = (text or "all").strip().lower()
+    if text in ("", "all"):
+        return "all", 1
+    if text.startswith("top"):
+        count = text[3:].lstrip(":").strip() or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"objects {text!r}: write top or top:N with N >= 1")
+        return "top", int(count)
+    try:
+        return [int(part) for part in re.split(r"[,;\s]+", text) if part], 1
+    except ValueError:
+        raise ValueError(f"objects {text!r}: write all, top, top:N or object ids such as 1,3") from None

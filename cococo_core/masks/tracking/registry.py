@@ -23,6 +23,7 @@ from .base import Tracker
 
 # each backend module adds its line here (it registers itself when imported)
 BUILTIN_BACKENDS: tuple[str, ...] = (
+    "cococo_core.masks.tracking.sam2",
     "cococo_core.masks.tracking.sam3",
 )
 
@@ -69,21 +70,30 @@ class _Backend:
     detect: DetectFn
     load: LoadFn
     accepts: str
+    reads_text: bool
 
 
 _BACKENDS: dict[str, _Backend] = {}
 _builtins_loaded = False
 
 
-def register_tracker(kind: str, detect_fn: DetectFn, load_fn: LoadFn, accepts: str = "") -> None:
+def register_tracker(kind: str, detect_fn: DetectFn, load_fn: LoadFn, accepts: str = "",
+                     reads_text: bool = False) -> None:
     """Make ``load_tracker`` know a tracker backend.
 
     ``detect_fn(source)`` -> True when ``source`` (a :class:`TrackerSource`) is this backend's file/folder; it must
     not raise for other files. ``load_fn(source, device=..., dtype=...)`` -> a :class:`~.base.Tracker`.
-    ``accepts``: what users can give, for the error message of an unknown file (e.g. "sam2.1_hiera_*.pt").
-    Registering a kind again replaces it.
+    ``accepts``: what users can give, for the error message of an unknown file (e.g. "sam2.1_hiera_*.pt");
+    ``reads_text``: the tracker takes a text phrase itself (its ``supports_text``), known before loading so a
+    command line can check its arguments first. Registering a kind again replaces it.
     """
-    _BACKENDS[kind] = _Backend(kind, detect_fn, load_fn, accepts or kind)
+    _BACKENDS[kind] = _Backend(kind, detect_fn, load_fn, accepts or kind, reads_text)
+
+
+def reads_text(kind: str) -> bool:
+    """Whether trackers of ``kind`` read text themselves (SAM 3) rather than needing a detector's boxes."""
+    _load_builtins()
+    return _BACKENDS[kind].reads_text
 
 
 def _load_builtins() -> None:
@@ -119,13 +129,27 @@ def detect_kind(source: TrackerSource) -> Optional[str]:
     return None
 
 
-def load_tracker(path: str | os.PathLike, device=None, dtype=None) -> Tracker:
-    """The tracker in ``path``: an original checkpoint file (e.g. ``sam2.1_hiera_tiny.pt``) or a Hugging Face folder
-    (``config.json`` + weights). ``device`` defaults to the CPU, ``dtype`` to float32."""
-    source = open_source(path)
+def tracker_kind(source: TrackerSource) -> str:
+    """The kind of tracker ``source`` holds (its file is read once here and kept in ``source``), or a ValueError
+    that lists what is supported."""
+    if not source.is_folder:
+        try:
+            source.state()
+        except Exception as error:  # an unreadable or non-checkpoint file: say what is supported
+            raise ValueError(f"{source.path}: not a readable checkpoint ({error}). Supported: {supported()}") from error
     kind = detect_kind(source)
     if kind is None:
         what = (f"a folder with model_type {source.model_type!r}" if source.is_folder and source.model_type
                 else "a folder without a config.json model_type" if source.is_folder else "a file")
         raise ValueError(f"{source.path}: {what} that no tracker recognises. Supported: {supported()}")
-    return _BACKENDS[kind].load(source, device=torch.device(device or "cpu"), dtype=dtype or torch.float32)
+    return kind
+
+
+def load_tracker(path: str | os.PathLike | TrackerSource, device=None, dtype=None, **options) -> Tracker:
+    """The tracker in ``path``: an original checkpoint file (e.g. ``sam2.1_hiera_tiny.pt``) or a Hugging Face folder
+    (``config.json`` + weights), or a :class:`TrackerSource` already opened. ``device`` defaults to the CPU,
+    ``dtype`` to float32; ``options`` go to the backend's loader (e.g. SAM 2's ``image_size`` for an original
+    file of a non-released size)."""
+    source = path if isinstance(path, TrackerSource) else open_source(path)
+    kind = tracker_kind(source)
+    return _BACKENDS[kind].load(source, device=torch.device(device or "cpu"), dtype=dtype or torch.float32, **options)

@@ -1,0 +1,158 @@
+"""SAM 2.1 video tracking on CPU: time per frame and peak memory for 50 / 200 / 1,000 frames at 480p.
+
+Models (random weights, built in memory; the work per frame is the real one):
+
+* ``tiny``: the test suite's tiny-width SAM 2.1 (tests/tiny_trackers.py: released tiny Hiera layout at width 8,
+  256 px input);
+* ``full``: the released SAM 2.1 hiera-tiny size (transformers' default ``Sam2VideoConfig``: 1024 px input,
+  Hiera-T, 256-wide memory attention over 7 memory frames and 16 object pointers).
+
+One box on frame 0, tracked forward through every frame, through :func:`cococo_core.masks.tracking.track_masks`.
+Each (model, length) runs in its own process so its peak is its own. Memory columns: ``peak RSS`` (the process's
+maximum resident set), ``clip + result`` (the uint8 input frames plus the float32 logits and bool masks the call
+returns: these grow with the length by necessity) and ``tracking`` = the largest resident growth during tracking
+beyond the result's size, sampled after every frame: what the model and its memory bank hold, which must not grow
+with the length.
+
+    flock /tmp/cococo-bench.lock .venv/bin/python bench/bench_tracking.py [--models tiny full] [--frames 50 200 1000]
+
+Prints a table and writes ``bench/results/bench_tracking.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _model(name: str, device: str = "cpu"):
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    from cococo_core.masks.tracking.sam2 import Sam2Tracker
+
+    if name == "tiny":
+        import tiny_trackers
+
+        config = tiny_trackers.sam2_video_config()
+    else:
+        config = Sam2VideoConfig()
+    torch.manual_seed(0)
+    return Sam2Tracker(Sam2VideoModel(config).eval().to(device), "random weights", name)
+
+
+def _clip(frames: int, height: int, width: int) -> np.ndarray:
+    """A disc moving across a noisy background (uint8)."""
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 60, (frames, height, width, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    for f in range(frames):
+        cx = width * (0.2 + 0.6 * f / max(1, frames - 1))
+        clip[f][(xx - cx) ** 2 + (yy - height / 2) ** 2 < (height / 6) ** 2] = (220, 80, 60)
+    return clip
+
+
+def child(model_name: str, frames: int, height: int, width: int, device: str = "cpu") -> dict:
+    from cococo_core.masks.tracking import track_masks
+
+    tracker = _model(model_name, device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        gpu_before = torch.cuda.memory_allocated()
+    clip = _clip(frames, height, width)
+    box = f"{width * 0.2 - height / 6:.0f},{height / 3:.0f},{width * 0.2 + height / 6:.0f},{height * 2 / 3:.0f}@0"
+    result_bytes = frames * height * width * (4 + 1)  # float32 logits of one object + bool union
+    before = _rss_bytes()
+    growth = [0]
+
+    def progress(done, total, _):
+        growth.append(_rss_bytes() - before)
+
+    started = time.perf_counter()
+    result = track_masks(clip, tracker, boxes=[box], progress=progress)
+    seconds = time.perf_counter() - started
+    gpu = {}
+    if device.startswith("cuda"):
+        gpu = {"gpu": torch.cuda.get_device_name(), "gpu_tracking_gib":
+               (torch.cuda.max_memory_allocated() - gpu_before) / 2 ** 30}
+    return {
+        "model": model_name, "frames": frames, "size": f"{width}x{height}", "device": device, **gpu,
+        "seconds_per_frame": seconds / frames, "peak_rss_gib": _peak_rss_bytes() / 2 ** 30,
+        "clip_and_result_gib": (clip.nbytes + result_bytes) / 2 ** 30,
+        "tracking_gib": max(0, max(growth) - result_bytes) / 2 ** 30,
+        "coverage": float(result.masks.float().mean()),
+    }
+
+
+def gpu_note(row: dict) -> str:
+    return f", GPU {row['gpu_tracking_gib']:.3f} GiB beyond the weights" if "gpu_tracking_gib" in row else ""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["tiny", "full"], choices=["tiny", "full"])
+    parser.add_argument("--frames", nargs="+", type=int, default=[50, 200, 1000])
+    parser.add_argument("--full-frames", nargs="+", type=int, default=None,
+                        help="lengths for the full-size model (default: --frames)")
+    parser.add_argument("--size", default="854x480", help="frame size WxH (default 854x480)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: then the peak GPU memory beyond the "
+                        "weights is reported too")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "FRAMES"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), height, width, args.device)))
+        return 0
+    rows = []
+    for model in args.models:
+        for frames in (args.full_frames or args.frames) if model == "full" else args.frames:
+            command = [sys.executable, __file__, "--child", model, str(frames), "--size", args.size,
+                       "--threads", str(args.threads), "--device", args.device]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(output.strip().splitlines()[-1]))
+            row = rows[-1]
+            print(f"{row['model']:>5} {row['frames']:>5} frames {row['size']}: {row['seconds_per_frame']:.3f} s/frame, "
+                  f"peak RSS {row['peak_rss_gib']:.2f} GiB (clip + result {row['clip_and_result_gib']:.2f} GiB, "
+                  f"tracking {row['tracking_gib']:.3f} GiB{gpu_note(row)})", flush=True)
+    print(f"\n{args.device}: | model | frames | s / frame | peak RSS GiB | clip + result GiB | tracking GiB | GPU "
+          "tracking GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['model']} | {row['frames']} | {row['seconds_per_frame']:.3f} | {row['peak_rss_gib']:.2f} | "
+              f"{row['clip_and_result_gib']:.2f} | {row['tracking_gib']:.3f} | "
+              f"{row.get('gpu_tracking_gib', float('nan')):.3f} |")
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    record = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+              "torch": torch.__version__, "rows": rows}
+    suffix = "" if args.device == "cpu" else "_" + args.device.split(":")[0]
+    (results / f"bench_tracking{suffix}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
