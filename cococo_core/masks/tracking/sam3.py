@@ -316,6 +316,7 @@ class Sam3Tracker(Tracker):
 
     def __init__(self, model, tokenizer, source: str = "", variant: str = ""):
         super().__init__(source, variant)
+        self.session = None
         mask_ops.install()
         with_geometry_token(model.detector_model)
         add_objects_as_original(model)
@@ -376,6 +377,14 @@ class Sam3Tracker(Tracker):
         session = self.new_session(height, width, text)
         delay = self.model.hotstart_delay
         window = self.memory_window() + max(delay, 0)
+        self.session = session  # readable from a progress callback (the tests check its size per frame)
+        try:
+            return self._propagate(session, frames, size, delay, window, progress, cancel)
+        finally:
+            self.session = None
+
+    def _propagate(self, session, frames, size, delay, window, progress, cancel) -> dict[int, dict]:
+        count = frames.shape[0]
         buffer, shown = [], {}
         # The official flow (Sam3VideoPredictor: add_prompt on frame 0, then propagate_in_video from frame 0) runs
         # frame 0 once when the phrase is added and again as the first propagated frame; the second pass then sees
