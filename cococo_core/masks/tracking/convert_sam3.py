@@ -25,6 +25,8 @@ from typing import Mapping
 
 import torch
 
+from ..convert_sam import count_indexed
+
 # sam3/model/vitdet.py ViT.__init__: norm_layer = partial(nn.LayerNorm, eps=1e-5)
 ORIGINAL_VIT_LAYER_NORM_EPS = 1e-5
 _VIT = "detector.backbone.vision_backbone.trunk."
@@ -96,49 +98,17 @@ _DETECTOR_RULES: tuple[tuple[str, str], ...] = (
     (r"^segmentation_head\.pixel_decoder\.", "mask_decoder.pixel_decoder."),
 )
 
-_TRACKER_RULES: tuple[tuple[str, str], ...] = (
-    (r"^maskmem_backbone\.fuser\.layers\.(\d+)\.dwconv\.", r"memory_encoder.memory_fuser.layers.\1.depthwise_conv."),
-    (r"^maskmem_backbone\.fuser\.layers\.(\d+)\.pwconv(\d)\.", r"memory_encoder.memory_fuser.layers.\1.pointwise_conv\2."),
-    (r"^maskmem_backbone\.fuser\.layers\.(\d+)\.norm\.", r"memory_encoder.memory_fuser.layers.\1.layer_norm."),
-    (r"^maskmem_backbone\.fuser\.layers\.(\d+)\.gamma$", r"memory_encoder.memory_fuser.layers.\1.scale"),
-    (r"^maskmem_backbone\.out_proj\.", "memory_encoder.projection."),
-    (r"^maskmem_backbone\.pix_feat_proj\.", "memory_encoder.feature_projection."),
-    (r"^maskmem_backbone\.mask_downsampler\.encoder\.", "memory_encoder.mask_downsampler.encoder."),
-    (r"^transformer\.encoder\.norm\.", "memory_attention.layer_norm."),
-    (r"^transformer\.encoder\.layers\.(\d+)\.norm(\d)\.", r"memory_attention.layers.\1.layer_norm\2."),
-    (r"^transformer\.encoder\.layers\.", "memory_attention.layers."),
-    (r"^maskmem_tpos_enc$", "memory_temporal_positional_encoding"),
-    (r"^no_mem_embed$", "no_memory_embedding"),
-    (r"^no_mem_pos_enc$", "no_memory_positional_encoding"),
-    (r"^no_obj_ptr$", "no_object_pointer"),
-    (r"^no_obj_embed_spatial$", "occlusion_spatial_embedding_parameter"),
-    (r"^obj_ptr_tpos_proj\.", "temporal_positional_encoding_projection_layer."),
-    (r"^obj_ptr_proj\.layers\.(\d)\.", r"object_pointer_proj.<mlp \1>."),
-    (r"^sam_prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$",
-     "prompt_encoder.shared_embedding.positional_embedding"),
-    (r"^sam_prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
-    (r"^sam_prompt_encoder\.", "prompt_encoder."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.norm(\d)\.", r"mask_decoder.transformer.layers.\1.layer_norm\2."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.lin1\.", r"mask_decoder.transformer.layers.\1.mlp.proj_in."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.lin2\.", r"mask_decoder.transformer.layers.\1.mlp.proj_out."),
-    (r"^sam_mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
-    (r"^sam_mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (r"^sam_mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (r"^sam_mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
-    (r"^sam_mask_decoder\.(iou_prediction_head|pred_obj_score_head|output_hypernetworks_mlps\.\d+)\.layers\.(\d)\.",
-     r"mask_decoder.\1.<mlp \2>."),
-    (r"^sam_mask_decoder\.", "mask_decoder."),
-)
+# The tracker is SAM 2's layout (``Sam3TrackerBase`` follows ``SAM2Base``) under two other module names, with
+# SAM 1's two-layer MLP blocks (``lin1``/``lin2``) in the mask decoder's two-way transformer.
+_TRACKER_TO_SAM2 = tuple((re.compile(p), r) for p, r in (
+    (r"^maskmem_backbone\.", "memory_encoder."),
+    (r"^transformer\.encoder\.", "memory_attention."),
+    (r"^(sam_mask_decoder\.transformer\.layers\.\d+\.mlp)\.lin(\d)\.",
+     lambda m: f"{m.group(1)}.layers.{int(m.group(2)) - 1}."),
+))
 
 _DETECTOR = [(re.compile(p), r) for p, r in _DETECTOR_RULES]
-_TRACKER = [(re.compile(p), r) for p, r in _TRACKER_RULES]
-_MLP_SLOT = re.compile(r"<mlp (\d)>")
 _LAYER_SLOT = re.compile(r"layer<(\d)>")
-_DOWNSAMPLER = re.compile(r"^(tracker_model\.memory_encoder\.mask_downsampler)\.encoder\.(\d+)\.(.*)$")
 
 
 def is_original_sam3(keys) -> bool:
@@ -153,47 +123,23 @@ def _apply(rules, key: str) -> str:
     return key
 
 
-def _mlp_depths(keys) -> dict[str, int]:
-    """Number of linear layers of each original ``MLP`` (``....layers.N``), keyed by its module path."""
-    depths: dict[str, int] = {}
-    for key in keys:
-        match = re.match(r"^(.*)\.layers\.(\d)\.(?:weight|bias)$", key)
-        if match:
-            depths[match.group(1)] = max(depths.get(match.group(1), 0), int(match.group(2)) + 1)
-    return depths
+def _rename_detector(key: str) -> str:
+    """The transformers name of an original ``detector.*`` key (fused tensors keep their fused name here)."""
+    renamed = "detector_model." + _apply(_DETECTOR, key[len("detector."):])
+    renamed = renamed.replace("detector_model.<tracker_neck>.", "tracker_neck.")
+    # transformers names the layers of 2/3-layer MLPs layer1..layer3
+    return _LAYER_SLOT.sub(lambda m: f"layer{int(m.group(1)) + 1}", renamed)
 
 
-def _rename(key: str, depths: Mapping[str, int]) -> str:
-    """The transformers name of an original key (fused tensors keep their fused name here)."""
-    if key.startswith("detector."):
-        renamed = "detector_model." + _apply(_DETECTOR, key[len("detector."):])
-        renamed = renamed.replace("detector_model.<tracker_neck>.", "tracker_neck.")
-        # transformers names the layers of 2/3-layer MLPs layer1..layer3
-        return _LAYER_SLOT.sub(lambda m: f"layer{int(m.group(1)) + 1}", renamed)
-    if key.startswith("tracker."):
-        renamed = "tracker_model." + _apply(_TRACKER, key[len("tracker."):])
-        match = _MLP_SLOT.search(renamed)
-        if match:  # MLP layers 0..n-1 -> proj_in, layers.0 .. layers.n-3, proj_out
-            index = int(match.group(1))
-            depth = depths[key[:key.index(".layers.")]]
-            slot = "proj_in" if index == 0 else "proj_out" if index == depth - 1 else f"layers.{index - 1}"
-            renamed = renamed[:match.start()] + slot + renamed[match.end():]
-        return renamed
-    return key
+def _tracker_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``tracker.*`` tensors in transformers' names, through the SAM 2 conversion."""
+    from .convert_sam2 import convert_sam2_state_dict
 
-
-def _downsampler_names(keys) -> dict[str, str]:
-    """``encoder.{3k, 3k+1}`` -> ``layers.k.{conv, layer_norm}``; the last index is the final 1x1 conv."""
-    indices = {int(m.group(2)) for k in keys if (m := _DOWNSAMPLER.match(k))}
-    names = {}
-    for key in keys:
-        match = _DOWNSAMPLER.match(key)
-        if match:
-            index = int(match.group(2))
-            part = ("final_conv" if index == max(indices) else
-                    f"layers.{index // 3}.conv" if index % 3 == 0 else f"layers.{index // 3}.layer_norm")
-            names[key] = f"{match.group(1)}.{part}.{match.group(3)}"
-    return names
+    sam2_layout = {}
+    for key, value in state.items():
+        if key.startswith("tracker."):
+            sam2_layout[_apply(_TRACKER_TO_SAM2, key[len("tracker."):])] = value
+    return {"tracker_model." + k: v for k, v in convert_sam2_state_dict(sam2_layout).items()}
 
 
 def _split_fused(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -223,38 +169,21 @@ def _strip_class_token(pos_embed: torch.Tensor) -> torch.Tensor:
 
 def convert_sam3_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an original SAM 3 state dict to transformers ``Sam3VideoModel`` keys (see the module docstring)."""
-    source = {k: v for k, v in state.items() if not k.endswith(".attn.freqs_cis")}
-    depths = {k.removeprefix("tracker."): v for k, v in _mlp_depths(source).items()}
-    depths = {("tracker." + k): v for k, v in depths.items()}
-    renamed = {key: _rename(key, depths) for key in source}
-    downsampler = _downsampler_names(renamed.values())
     converted: dict[str, torch.Tensor] = {}
-    point_embeddings: dict[int, torch.Tensor] = {}
-    for key, new in renamed.items():
-        value = source[key]
-        new = downsampler.get(new, new)
-        point = re.match(r"^tracker_model\.prompt_encoder\.point_embeddings\.(\d+)\.weight$", new)
-        if point:
-            point_embeddings[int(point.group(1))] = value
+    for key, value in state.items():
+        if not key.startswith("detector.") or key.endswith(".attn.freqs_cis"):
             continue
+        new = _rename_detector(key)
         if new == "detector_model.vision_encoder.backbone.embeddings.position_embeddings":
             value = _strip_class_token(value)
         elif new == "detector_model.text_encoder.text_projection.weight":
             value = value.t()
         converted.update(_split_fused(new, value))
-    if point_embeddings:
-        converted["tracker_model.prompt_encoder.point_embed.weight"] = torch.cat(
-            [point_embeddings[i] for i in sorted(point_embeddings)], dim=0)
-    fourier = converted.get("tracker_model.prompt_encoder.shared_embedding.positional_embedding")
-    if fourier is not None:
-        converted["tracker_model.shared_image_embedding.positional_embedding"] = fourier
+    converted.update(_tracker_state(state))
+    other = sorted(k for k in state if not k.startswith(("detector.", "tracker.")))
+    if other:
+        raise ValueError(f"sam3: tensors outside detector.* / tracker.*: {other[:3]}")
     return converted
-
-
-def _count(keys, pattern: str) -> int:
-    regex = re.compile(pattern)
-    found = {int(m.group(1)) for k in keys if (m := regex.match(k))}
-    return max(found) + 1 if found else 0
 
 
 def _vit_config(state: Mapping[str, torch.Tensor]) -> dict:
@@ -262,7 +191,7 @@ def _vit_config(state: Mapping[str, torch.Tensor]) -> dict:
     (image / patch)^2 grid, windowed blocks one window^2."""
     patch = state[_VIT + "patch_embed.proj.weight"]
     hidden, patch_size = patch.shape[0], patch.shape[-1]
-    depth = _count(state, re.escape(_VIT) + r"blocks\.(\d+)\.")
+    depth = count_indexed(state, re.escape(_VIT) + r"blocks\.(\d+)\.")
     tables = [state.get(f"{_VIT}blocks.{i}.attn.freqs_cis") for i in range(depth)]
     if any(t is None for t in tables):
         raise ValueError("sam3: the ViT blocks lack their rotary tables (attn.freqs_cis); not an original sam3.pt")
@@ -301,17 +230,17 @@ def sam3_config_from_state_dict(state: Mapping[str, torch.Tensor]):
             model_type="clip_text_model", vocab_size=state[_TEXT + "token_embedding.weight"].shape[0],
             hidden_size=text_width, intermediate_size=state[_TEXT + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             projection_dim=state[_TEXT + "text_projection"].shape[1],
-            num_hidden_layers=_count(state, re.escape(_TEXT) + r"transformer\.resblocks\.(\d+)\."),
+            num_hidden_layers=count_indexed(state, re.escape(_TEXT) + r"transformer\.resblocks\.(\d+)\."),
             num_attention_heads=text_heads, max_position_embeddings=state[_TEXT + "positional_embedding"].shape[0],
             hidden_act="gelu"),
         geometry_encoder_config=dict(
-            hidden_size=d_model, num_layers=_count(state, r"detector\.geometry_encoder\.encode\.(\d+)\."),
+            hidden_size=d_model, num_layers=count_indexed(state, r"detector\.geometry_encoder\.encode\.(\d+)\."),
             intermediate_size=state["detector.geometry_encoder.encode.0.linear1.weight"].shape[0]),
         detr_encoder_config=dict(
-            hidden_size=d_model, num_layers=_count(state, r"detector\.transformer\.encoder\.layers\.(\d+)\."),
+            hidden_size=d_model, num_layers=count_indexed(state, r"detector\.transformer\.encoder\.layers\.(\d+)\."),
             intermediate_size=state["detector.transformer.encoder.layers.0.linear1.weight"].shape[0]),
         detr_decoder_config=dict(
-            hidden_size=d_model, num_layers=_count(state, r"detector\.transformer\.decoder\.layers\.(\d+)\."),
+            hidden_size=d_model, num_layers=count_indexed(state, r"detector\.transformer\.decoder\.layers\.(\d+)\."),
             num_queries=state["detector.transformer.decoder.query_embed.weight"].shape[0],
             intermediate_size=state["detector.transformer.decoder.layers.0.linear1.weight"].shape[0]),
         mask_decoder_config=dict(hidden_size=d_model),
@@ -320,7 +249,7 @@ def sam3_config_from_state_dict(state: Mapping[str, torch.Tensor]):
         image_size=image_size,
         vision_config=dict(model_type="sam3_vision_model", backbone_config=dict(vit), backbone_feature_sizes=feature_sizes),
         num_maskmem=state["tracker.maskmem_tpos_enc"].shape[0],
-        memory_attention_num_layers=_count(state, r"tracker\.transformer\.encoder\.layers\.(\d+)\."),
+        memory_attention_num_layers=count_indexed(state, r"tracker\.transformer\.encoder\.layers\.(\d+)\."),
         memory_attention_feed_forward_hidden_size=state["tracker.transformer.encoder.layers.0.linear1.weight"].shape[0],
         memory_attention_rope_feat_sizes=[grid, grid],
         memory_encoder_output_channels=state["tracker.maskmem_backbone.out_proj.weight"].shape[0],
