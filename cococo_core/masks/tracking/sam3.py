@@ -217,25 +217,31 @@ def mask_input_as_original(tracker_model, video_size) -> None:
       made from that output resized to the image size and binarised (``is_mask_from_pts=True``).
 
     ``video_size()`` -> (H, W) of the video being tracked."""
-    use_mask_as_output = tracker_model._use_mask_as_output
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
+        Sam3TrackerVideoImageSegmentationOutput,
+    )
 
     def use_mask_as_original(backbone_features, high_res_features, mask_inputs):
-        out = use_mask_as_output(backbone_features, high_res_features, mask_inputs)
         dtype = backbone_features[0].dtype
         mask = mask_inputs.to(dtype)
         appearing = torch.any(mask.flatten(1) > 0.0, dim=1)[..., None].to(dtype)
         pointer = tracker_model._single_frame_forward(input_masks=tracker_model.mask_downsample(mask),
                                                       image_embeddings=high_res_features + [backbone_features],
                                                       multimask_output=False).object_pointer
-        out.object_pointer = appearing * pointer + (1 - appearing) * tracker_model.no_object_pointer
+        pointer = appearing * pointer + (1 - appearing) * tracker_model.no_object_pointer
         video = F.interpolate(mask.float(), size=video_size(), mode="bilinear", align_corners=False, antialias=True)
         video_logits = torch.where(video > 0.5, -NO_OBJECT_LOGIT, NO_OBJECT_LOGIT)
         low = F.interpolate(video_logits, size=tracker_model.prompt_encoder.mask_input_size, mode="bilinear",
                             align_corners=False, antialias=True)
         size = tracker_model.image_size
-        out.pred_masks = low.to(dtype)
-        out.high_res_masks = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).to(dtype)
-        return out
+        return Sam3TrackerVideoImageSegmentationOutput(
+            iou_scores=mask.new_ones(mask.size(0), 1),  # a mask prompt's dummy IoU, as in the original
+            pred_masks=low.to(dtype),
+            high_res_masks=F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).to(dtype),
+            object_pointer=pointer,
+            object_score_logits=(20.0 * appearing - 10.0).unsqueeze(-1),
+            image_embeddings=high_res_features + [backbone_features],
+        )
 
     tracker_model._use_mask_as_output = use_mask_as_original
 
