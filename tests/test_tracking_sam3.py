@@ -103,3 +103,17 @@ def test_greedy_nms_keeps_the_best_of_each_overlapping_group():
     ious = torch.tensor([[1.0, 0.0, 0.6, 0.0], [0.0, 1.0, 0.0, 0.5], [0.6, 0.0, 1.0, 0.1], [0.0, 0.5, 0.1, 1.0]])
     scores = torch.tensor([0.7, 0.9, 0.8, 0.6])
     assert mask_ops.greedy_nms(ious, scores, 0.5).tolist() == [1, 2, 3]
+
+
+def test_folder_gets_the_original_vit_layer_norm_eps(tmp_path):
+    """sam3/model/vitdet.py builds its LayerNorms with eps=1e-5; a transformers folder written with its default
+    1e-6 is run with the original's."""
+    import json
+
+    folder = tiny_sam3.write_sam3_folder(tmp_path / "sam3")
+    config = json.loads((folder / "config.json").read_text())
+    config["detector_config"]["vision_config"]["backbone_config"]["layer_norm_eps"] = 1e-6
+    (folder / "config.json").write_text(json.dumps(config))
+    backbone = load_tracker(folder).model.detector_model.vision_encoder.backbone
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-5 for m in norms)

@@ -476,6 +476,22 @@ def load_original(path: Path, state: dict, device, dtype) -> Sam3Tracker:
     return Sam3Tracker(_finish(model, device, dtype), tokenizer, str(path), variant)
 
 
+def use_original_vit_eps(model) -> None:
+    """Folders converted by transformers keep its ViT LayerNorm eps default (1e-6); the original ViT uses 1e-5
+    (``ORIGINAL_VIT_LAYER_NORM_EPS``), which moves the features by ~1e-3. Set the original's."""
+    from .convert_sam3 import ORIGINAL_VIT_LAYER_NORM_EPS
+
+    backbone = model.detector_model.vision_encoder.backbone
+    vit_config = model.config.detector_config.vision_config.backbone_config
+    if vit_config.layer_norm_eps != ORIGINAL_VIT_LAYER_NORM_EPS:
+        log.info("sam3: ViT LayerNorm eps %s -> %s (the original's)", vit_config.layer_norm_eps,
+                 ORIGINAL_VIT_LAYER_NORM_EPS)
+        for module in backbone.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.eps = ORIGINAL_VIT_LAYER_NORM_EPS
+        vit_config.layer_norm_eps = ORIGINAL_VIT_LAYER_NORM_EPS
+
+
 def load(source: TrackerSource, device=None, dtype=None) -> Sam3Tracker:
     device = torch.device(device or "cpu")
     dtype = dtype or torch.float32
@@ -483,6 +499,7 @@ def load(source: TrackerSource, device=None, dtype=None) -> Sam3Tracker:
         from transformers import Sam3VideoModel
 
         model = Sam3VideoModel.from_pretrained(str(source.path), local_files_only=True)
+        use_original_vit_eps(model)
         return Sam3Tracker(_finish(model, device, dtype), load_tokenizer(source.path), str(source.path), "folder")
     return load_original(source.path, source.state(), device, dtype)
 
