@@ -61,6 +61,10 @@ def _sam3_model(name: str, device: str = "cpu"):
     torch.manual_seed(0)
     config = tiny_sam3.tiny_sam3_config() if name == "sam3-tiny" else Sam3VideoConfig()
     model = tiny_sam3.bias_towards_detections(Sam3VideoModel(config).eval()).to(device)
+    if name == "sam3-full":
+        # with every one of the 200 random queries above 0.5, transformers' (and the original's) all-pairs mask
+        # IoU before NMS needs 200 x 200 x 288 x 288 bytes; keep only the most confident random detections
+        model.score_threshold_detection = model.new_det_thresh = 0.98
     return Sam3Tracker(model, load_tokenizer(tiny_models.tokenizer_folder()), "random weights", name)
 
 
