@@ -56,7 +56,8 @@ def _sam3_model(name: str, device: str = "cpu"):
 
     import tiny_models
     import tiny_sam3
-    from cococo_core.masks.tracking.sam3 import Sam3Tracker, load_tokenizer
+    from cococo_core.masks.tracking.clip_bpe import load_tokenizer
+    from cococo_core.masks.tracking.sam3 import Sam3Tracker
 
     torch.manual_seed(0)
     config = tiny_sam3.tiny_sam3_config() if name == "sam3-tiny" else Sam3VideoConfig()

@@ -41,7 +41,7 @@ _MERGES = (("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("d", "o"),
 
 def _byte_chars() -> list[str]:
     """GPT-2/CLIP byte-to-unicode table (the library's, shared with the SAM 3 tokenizer)."""
-    from cococo_core.masks.tracking.sam3 import byte_symbols
+    from cococo_core.masks.tracking.clip_bpe import byte_symbols
 
     return byte_symbols()
 
