@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
-PARITY_TESTS=(tests/test_tracking_sam2_parity.py)
+PARITY_TESTS=(tests/test_tracking_sam2_parity.py tests/test_tracking_sam3_parity.py)
 venv=$PWD/.tracker-venv
 if [ ! -f "$venv/.tracker-references-ok" ]; then
     rm -rf "$venv"
@@ -20,7 +20,8 @@ if [ ! -f "$venv/.tracker-references-ok" ]; then
     site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     sed -i 's/^@torch.library.register_fake("\(torchvision::[a-z_]*\)")/@(torch.library.register_fake("\1") if torchvision.extension._has_ops() else (lambda f: f))/' \
         "$site/torchvision/_meta_registrations.py"
-    "$py" -c "import sam2, hydra, torchvision, transformers" || { echo "tracker references: imports fail"; exit 1; }
+    bash .ci/patch-sam3-cpu.sh "$py"
+    "$py" -c "import sam2, hydra, torchvision, transformers, timm, ftfy, einops, pycocotools" || { echo "tracker references: imports fail"; exit 1; }
     touch "$venv/.tracker-references-ok"
 fi
 echo "tracker reference venv ready in $((SECONDS - start)) s"

@@ -1,4 +1,4 @@
-"""SAM 2.1 video tracking on CPU: time per frame and peak memory for 50 / 200 / 1,000 frames at 480p.
+"""SAM 2.1 and SAM 3 video tracking on CPU: time per frame and peak memory for 50 / 200 / 1,000 frames at 480p.
 
 Models (random weights, built in memory; the work per frame is the real one):
 
@@ -48,8 +48,32 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _sam3_model(name: str, device: str = "cpu"):
+    """SAM 3 (text -> instances): ``sam3-tiny`` is the test suite's tiny model (112 px), ``sam3-full`` the released
+    size (transformers' default ``Sam3VideoConfig``: ViT-L/14 at 1008 px, CLIP-L text, 200 queries), both with random
+    weights biased so that the detector finds objects (tests/tiny_sam3.py: bias_towards_detections)."""
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    import tiny_models
+    import tiny_sam3
+    from cococo_core.masks.tracking.clip_bpe import load_tokenizer
+    from cococo_core.masks.tracking.sam3 import Sam3Tracker
+
+    torch.manual_seed(0)
+    config = tiny_sam3.tiny_sam3_config() if name == "sam3-tiny" else Sam3VideoConfig()
+    model = tiny_sam3.bias_towards_detections(Sam3VideoModel(config).eval()).to(device)
+    if name == "sam3-full":
+        # with every one of the 200 random queries above 0.5, transformers' (and the original's) all-pairs mask
+        # IoU before NMS needs 200 x 200 x 288 x 288 bytes; keep only the most confident random detections
+        model.score_threshold_detection = model.new_det_thresh = 0.98
+    return Sam3Tracker(model, load_tokenizer(tiny_models.tokenizer_folder()), "random weights", name)
+
+
 def _model(name: str, device: str = "cpu"):
     from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    if name.startswith("sam3"):
+        return _sam3_model(name, device)
 
     from cococo_core.masks.tracking.sam2 import Sam2Tracker
 
@@ -86,16 +110,17 @@ def child(model_name: str, frames: int, height: int, width: int, device: str = "
         gpu_before = torch.cuda.memory_allocated()
     clip = _clip(frames, height, width)
     box = f"{width * 0.2 - height / 6:.0f},{height / 3:.0f},{width * 0.2 + height / 6:.0f},{height * 2 / 3:.0f}@0"
-    result_bytes = frames * height * width * (4 + 1)  # float32 logits of one object + bool union
+    prompt = dict(text="the cat") if model_name.startswith("sam3") else dict(boxes=[box])
     resident = []
 
     def progress(done, total, _):
         resident.append(_rss_bytes())
 
     started = time.perf_counter()
-    result = track_masks(clip, tracker, boxes=[box], progress=progress)
+    result = track_masks(clip, tracker, progress=progress, **prompt)
     seconds = time.perf_counter() - started
     warm = min(WARMUP_FRAMES, len(resident) - 1)
+    result_bytes = frames * height * width * (4 * len(result.object_ids) + 1)
     gpu = {}
     if device.startswith("cuda"):
         gpu = {"gpu": torch.cuda.get_device_name(), "gpu_tracking_gib":
@@ -105,7 +130,7 @@ def child(model_name: str, frames: int, height: int, width: int, device: str = "
         "seconds_per_frame": seconds / frames, "peak_rss_gib": _peak_rss_bytes() / 2 ** 30,
         "clip_and_result_gib": (clip.nbytes + result_bytes) / 2 ** 30,
         "growth_after_warmup_gib": (max(resident[warm:]) - resident[warm]) / 2 ** 30,
-        "coverage": int(result.masks.sum()) / result.masks.numel(),
+        "coverage": float(result.masks.float().mean()), "objects": len(result.object_ids),
     }
 
 
@@ -115,7 +140,7 @@ def gpu_note(row: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "full"], choices=["tiny", "full"])
+    parser.add_argument("--models", nargs="+", default=["tiny", "full"], choices=["tiny", "full", "sam3-tiny", "sam3-full"])
     parser.add_argument("--frames", nargs="+", type=int, default=[50, 200, 1000])
     parser.add_argument("--full-frames", nargs="+", type=int, default=None,
                         help="lengths for the full-size model (default: --frames)")
@@ -132,13 +157,13 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for model in args.models:
-        for frames in (args.full_frames or args.frames) if model == "full" else args.frames:
+        for frames in (args.full_frames or args.frames) if model.endswith("full") else args.frames:
             command = [sys.executable, __file__, "--child", model, str(frames), "--size", args.size,
                        "--threads", str(args.threads), "--device", args.device]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
             row = rows[-1]
-            print(f"{row['model']:>5} {row['frames']:>5} frames {row['size']}: {row['seconds_per_frame']:.3f} s/frame, "
+            print(f"{row['model']:>9} {row['frames']:>5} frames {row['size']}: {row['seconds_per_frame']:.3f} s/frame, "
                   f"peak RSS {row['peak_rss_gib']:.2f} GiB (clip + result {row['clip_and_result_gib']:.2f} GiB, "
                   f"growth after frame {WARMUP_FRAMES} {row['growth_after_warmup_gib']:.3f} GiB"
                   f"{gpu_note(row)})", flush=True)

@@ -40,15 +40,10 @@ _MERGES = (("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("d", "o"),
 
 
 def _byte_chars() -> list[str]:
-    """GPT-2/CLIP byte-to-unicode table: printable bytes map to themselves, the rest to U+0100 onwards."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
+    """GPT-2/CLIP byte-to-unicode table (the library's, shared with the SAM 3 tokenizer)."""
+    from cococo_core.masks.tracking.clip_bpe import byte_symbols
+
+    return byte_symbols()
 
 
 def tokenizer_vocab() -> list[str]:
