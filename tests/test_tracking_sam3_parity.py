@@ -249,10 +249,6 @@ def test_tracked_logits_equal_official(runs, frame):
         assert rel_l2(ours, logits[frame][obj_id]) <= 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="known: from frame 2 on the tracked logits drift from the official package "
-                   "(rel-L2 ~5e-4 on frames 2-3, ~2e-2 on frame 4 of this model). Likely cause, not yet followed: "
-                   "the official tracker picks its memory frames and object pointers by a per-frame score "
-                   "(use_memory_selection / frame_filter, mf_threshold 0.01), transformers takes the last frames")
 @pytest.mark.parametrize("frame", [2, 3])
 def test_tracked_logits_equal_official_later_frames(runs, frame):
     _, _, frames, (logits, shown_official, _), shown, _ = runs

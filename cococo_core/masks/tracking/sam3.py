@@ -27,6 +27,7 @@ from . import mask_ops
 from .clip_bpe import load_tokenizer, tokenize
 from .base import TrackPrompt, TrackResult, Tracker, union_of
 from .registry import TrackerSource, register_tracker
+from .sam3_memory_selection import MemorySelection
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,21 @@ def prepare_frame(frame: torch.Tensor, size: int) -> torch.Tensor:
     return (pixels - half) / half
 
 
-def prune_session(session, frame_idx: int, window: int) -> None:
+def prune_session(session, frame_idx: int, window: int, selection: Optional[MemorySelection] = None) -> None:
     """Drop the per-frame tracker state no later frame reads: non-conditioning outputs more than ``window`` frames
     behind ``frame_idx`` (the memory bank reads the last ``num_maskmem`` frames and the object pointers of the last
-    ``max_object_pointers_in_encoder``), and per-frame bookkeeping of those frames."""
+    ``max_object_pointers_in_encoder``) except the frames the memory selection may still pick (at most
+    ``max_object_pointers_in_encoder - 1`` per object), and per-frame bookkeeping of those frames."""
     oldest = frame_idx - window
-    for outputs in session.output_dict_per_obj.values():
-        stale = [f for f in outputs["non_cond_frame_outputs"] if f < oldest]
+    for obj_idx, outputs in session.output_dict_per_obj.items():
+        keep = set()
+        if selection is not None:
+            obj_id = session.obj_idx_to_id(obj_idx)
+            keep = selection.frames_to_keep(obj_id, frame_idx + 1)
+            scores = selection.scores.get(obj_id, {})
+            for f in [f for f in scores if f < oldest and f not in keep]:
+                del scores[f]
+        stale = [f for f in outputs["non_cond_frame_outputs"] if f < oldest and f not in keep]
         for f in stale:
             del outputs["non_cond_frame_outputs"][f]
     for per_frame in (session.obj_id_to_tracker_score_frame_wise, session.suppressed_obj_ids):
@@ -125,13 +134,14 @@ def with_geometry_token(detector) -> None:
     detector.forward = forward_with_geometry_token
 
 
-def add_objects_as_original(model) -> None:
+def add_objects_as_original(model, selection: MemorySelection) -> None:
     """New detections enter the tracker as the original enters them (``Sam3VideoBase._tracker_add_new_objects``):
     the detector's low-res mask logits are resized bilinearly to the tracker's input mask size (4x) and
     thresholded at 0. transformers thresholds the low-res logits at 0.5 (a probability threshold applied to
     logits) without the resize."""
 
     def tracker_add_new_objects(inference_session, frame_idx, new_obj_ids, new_obj_masks, reverse=False):
+        selection.new_group(new_obj_ids)  # one official tracker state per batch of new objects
         size = 4 * new_obj_masks.shape[-1]
         masks = F.interpolate(new_obj_masks[:, None].float(), size=(size, size), mode="bilinear",
                               align_corners=False)[:, 0] > 0
@@ -264,7 +274,10 @@ class Sam3Tracker(Tracker):
         self.session = None
         mask_ops.install()
         with_geometry_token(model.detector_model)
-        add_objects_as_original(model)
+        self._video_frames = 0
+        self.selection = MemorySelection(model.tracker_model, lambda: self._video_frames)
+        self.selection.install()
+        add_objects_as_original(model, self.selection)
         mask_input_as_original(model.tracker_model, lambda: self._video_size)
         memory_as_original(model.tracker_model, lambda: self.memory_dtype)
         update_memories_as_original(model)
@@ -304,6 +317,7 @@ class Sam3Tracker(Tracker):
         from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
         self._video_size = (height, width)
+        self.selection.reset()
         session = Sam3VideoInferenceSession(video=None, video_height=height, video_width=width,
                                             inference_device=self.device, inference_state_device=self.device,
                                             video_storage_device="cpu", dtype=self.dtype)
@@ -320,6 +334,7 @@ class Sam3Tracker(Tracker):
         count, height, width = frames.shape[:3]
         size = self.model.config.image_size
         session = self.new_session(height, width, text)
+        self._video_frames = count  # the official tracker normalises pointer positions by the video's length
         delay = self.model.hotstart_delay
         window = self.memory_window() + max(delay, 0)
         self.session = session  # readable from a progress callback (the tests check its size per frame)
@@ -354,7 +369,7 @@ class Sam3Tracker(Tracker):
                 ready = [out]
             for item in ready:
                 shown[item.frame_idx] = self._visible(session, item)
-            prune_session(session, frame_idx, window)
+            prune_session(session, frame_idx, window, self.selection)
             report(progress, frame_idx + 1, count)
         return shown
 
