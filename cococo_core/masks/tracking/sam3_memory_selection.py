@@ -24,6 +24,14 @@ import torch
 MEMORY_SCORE_THRESHOLD = 0.01  # mf_threshold of the official tracker
 
 
+def score_terms(object_score_logits: torch.Tensor, iou_scores: torch.Tensor) -> tuple[float, float]:
+    """One object's share of ``cal_mem_score``: (its rescaled object score s, its best predicted IoU)."""
+    logit = object_score_logits.float().reshape(())
+    iou = iou_scores.float().reshape(-1).max()
+    rescaled = logit.sigmoid() * 2 - 1 if logit > 0 else torch.zeros(())
+    return float(rescaled), float(iou)
+
+
 class MemorySelection:
     """Per-object scores of every tracked frame and the official frame choice, installed on a tracker model."""
 
@@ -67,8 +75,11 @@ class MemorySelection:
             candidates, must_include = range(frame_idx - 1, 0, -1), frame_idx - 1
         else:
             candidates, must_include = range(frame_idx + 1, count), frame_idx + 1
+        oldest = min(outputs, default=frame_idx)
         kept = []
         for i in candidates:
+            if not reverse and i < oldest:
+                break  # nothing older is stored (pruned or never tracked)
             score = self.frame_score(obj_id, i) if i in outputs else None
             if score is None:
                 continue
@@ -104,13 +115,8 @@ class MemorySelection:
         def scored_run(inference_session, frame_idx, obj_idx, *args, **kwargs):
             self._last_heads = None
             out = run_single_frame(inference_session, frame_idx, obj_idx, *args, **kwargs)
-            if self._last_heads is not None:
-                logits, ious = self._last_heads
-                logits = logits.float().reshape(-1)
-                ious = ious.float().reshape(logits.shape[0], -1).max(-1).values
-                norm = torch.where(logits > 0, logits.sigmoid() * 2 - 1, torch.zeros_like(logits))
-                obj_id = inference_session.obj_idx_to_id(obj_idx)
-                self.scores[obj_id][frame_idx] = (float(norm.mean()), float(ious.mean()))
+            if self._last_heads is not None:  # transformers runs the tracker one object at a time
+                self.scores[inference_session.obj_idx_to_id(obj_idx)][frame_idx] = score_terms(*self._last_heads)
             return out
 
         def gather_memory_frames(inference_session, obj_idx, frame_idx, track_in_reverse_time=False):
