@@ -55,8 +55,9 @@ def test_boxes_are_refused_with_a_hint(tracker):
 
 
 def test_per_frame_state_stays_bounded(sam3_folder):
-    """Past the memory window, the stored tracker state (frames, per-frame outputs, per-frame scores) stops
-    growing: the count per object never exceeds the window although the clip is longer than it."""
+    """Past the memory window, the stored tracker state (frames, per-frame outputs, per-frame scores, the memory
+    selection's frame scores) stops growing: the count per object never exceeds the window although the clip is
+    longer than it."""
     tracker = load_tracker(sam3_folder)
     tracker.model.hotstart_delay = 0
     tracker.model.config.tracker_config.num_maskmem = 2
@@ -69,8 +70,9 @@ def test_per_frame_state_stays_bounded(sam3_folder):
     def watch(done, total, _):
         session = tracker.session
         stored = [len(o["non_cond_frame_outputs"]) for o in session.output_dict_per_obj.values()]
+        scored = [len(frames) for frames in tracker.selection.scores.values()]
         sizes.append((max(stored, default=0), len(session.processed_frames),
-                      len(session.obj_id_to_tracker_score_frame_wise)))
+                      len(session.obj_id_to_tracker_score_frame_wise), max(scored, default=0)))
 
     result = track_masks(tiny_sam3.moving_disc_frames(count), tracker, text="the cat", progress=watch)
     assert result.object_ids
@@ -78,6 +80,8 @@ def test_per_frame_state_stays_bounded(sam3_folder):
     assert max(s[0] for s in sizes) <= window + 1
     assert max(s[1] for s in sizes) == 1
     assert max(s[2] for s in sizes) <= window + 1
+    # the memory selection's frame scores: the window plus at most max_object_pointers - 1 selectable frames
+    assert max(s[3] for s in sizes) <= window + 2
     assert sizes[-1] == sizes[-2]
 
 
