@@ -121,3 +121,27 @@ def test_folder_gets_the_original_vit_layer_norm_eps(tmp_path):
     backbone = load_tracker(folder).model.detector_model.vision_encoder.backbone
     norms = [m for m in backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(m.eps == 1e-5 for m in norms)
+
+
+def test_pruning_keeps_the_frames_the_memory_selection_picks(sam3_folder):
+    """The memory selection (``sam3_memory_selection``) may read frames far behind the pruning window (the latest
+    ones scoring above 0.01): pruned tracking equals tracking with nothing pruned. Frame scores are forced here
+    (every 5th frame qualifies; the tiny random model's own scores all fall below the threshold)."""
+    frames = tiny_sam3.moving_disc_frames(16)
+
+    def run(window=None):
+        tracker = load_tracker(sam3_folder)
+        tracker.model.hotstart_delay = 0
+        tracker.model.config.tracker_config.num_maskmem = 2
+        tracker.model.config.tracker_config.max_object_pointers_in_encoder = 4
+        tracker.model.tracker_model.max_object_pointers_in_encoder = 4
+        tracker.selection.frame_score = lambda obj_id, frame: 0.5 if frame % 5 == 1 else 0.0
+        if window is not None:
+            tracker.memory_window = lambda: window
+        return tracker, track_masks(frames, tracker, text="the cat")
+
+    pruned_tracker, pruned = run()
+    assert pruned_tracker.memory_window() < 10  # frames 1 and 6 are outside the window at frame 15
+    _, unpruned = run(window=len(frames))
+    assert pruned.object_ids and pruned.object_ids == unpruned.object_ids
+    assert torch.equal(pruned.logits, unpruned.logits)
