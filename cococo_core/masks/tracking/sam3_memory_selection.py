@@ -38,9 +38,8 @@ class MemorySelection:
     def __init__(self, tracker_model, video_frames):
         self.tracker_model = tracker_model
         self.video_frames = video_frames  # callable: the length of the video being tracked
-        self.group_of: dict[int, int] = {}  # obj_id -> id of the batch of objects that entered together
+        self.group_of: dict[int, list[int]] = {}  # obj_id -> the objects that entered with it (one tracker state)
         self.scores: dict[int, dict[int, tuple[float, float]]] = defaultdict(dict)  # obj_id -> frame -> (s, iou)
-        self._groups = 0
         self._last_heads = None
 
     def reset(self) -> None:
@@ -48,16 +47,15 @@ class MemorySelection:
         self.scores.clear()
 
     def new_group(self, obj_ids) -> None:
-        self._groups += 1
-        for obj_id in obj_ids:
-            self.group_of[int(obj_id)] = self._groups
+        members = [int(obj_id) for obj_id in obj_ids]
+        for obj_id in members:
+            self.group_of[obj_id] = members
 
     def max_pointers(self) -> int:
         return min(self.video_frames(), self.tracker_model.config.max_object_pointers_in_encoder)
 
     def frame_score(self, obj_id: int, frame_idx: int) -> float | None:
-        group = self.group_of.get(obj_id)
-        members = [o for o, g in self.group_of.items() if g == group] if group is not None else [obj_id]
+        members = self.group_of.get(obj_id, [obj_id])
         terms = [self.scores[o][frame_idx] for o in members if frame_idx in self.scores.get(o, {})]
         if not terms:
             return None
