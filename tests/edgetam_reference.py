@@ -117,15 +117,21 @@ def build_predictor(repo: str, seed: int = 0):
     model.fill_hole_area = 8
     torch.manual_seed(seed)
     predictor = instantiate(model, _recursive_=True).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # random non-trivial values everywhere (zero-initialised parameters included)
+    with torch.no_grad():  # constant-initialised tensors (zeros, norm scales of one) get random values too, so a
+        # swapped or dropped tensor changes the result
         for parameter in predictor.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-        for name, buffer in predictor.named_buffers():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.5)
+            elif parameter.numel() > 1 and bool((parameter == parameter.flatten()[0]).all()):
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+        for name, buffer in predictor.named_buffers():  # RepViT's batch-norm statistics
             if name.endswith("running_var"):
-                buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+                buffer.copy_(torch.rand_like(buffer) + 0.5)
             elif name.endswith("running_mean"):
-                buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
+                buffer.copy_(torch.randn_like(buffer) * 0.1)
+        predictor.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(2.0)  # objects mostly "present"
+        for hypernetwork in predictor.sam_mask_decoder.output_hypernetworks_mlps:  # mask logits of order 1, far
+            hypernetwork.layers[-1].weight.mul_(20.0)  # from the ties at 0 that hole filling would amplify
     return predictor
 
 
@@ -168,13 +174,13 @@ def _init_state(predictor, images: torch.Tensor, height: int, width: int) -> dic
         official.load_video_frames = original
 
 
-def main(repo: str, out: str) -> None:
+def main(repo: str, out: str, seed: int = 0) -> None:
     with torch.no_grad():
-        predictor = build_predictor(repo)
+        predictor = build_predictor(repo, seed)
         torch.save({"model": predictor.state_dict()}, out)
         logits = run(predictor, frames())
     torch.save(logits, out + ".logits.pt")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:4]))

@@ -33,6 +33,10 @@ pytestmark = pytest.mark.skipif(
     not (REPO and (Path(REPO) / "sam2" / "configs" / "edgetam.yaml").is_file()),
     reason="set EDGETAM_REPO to a checkout of github.com/facebookresearch/EdgeTAM (the official code, not on PyPI)")
 TOLERANCE = 1e-4
+# the random model whose masks are neither empty nor full and whose low-resolution logits have no near-zero pixel
+# that the two implementations' float differences flip (hole filling turns such a flip into a 0.1 jump; seed 0 has
+# one on object 2, frame 4)
+SEED = 2
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,7 @@ def official(tmp_path_factory) -> tuple[Path, torch.Tensor]:
     out = tmp_path_factory.mktemp("edgetam") / "edgetam.pt"
     script = Path(__file__).with_name("edgetam_reference.py")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    done = subprocess.run([sys.executable, str(script), REPO, str(out)], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, str(script), REPO, str(out), str(SEED)], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, torch.load(str(out) + ".logits.pt", weights_only=True)
@@ -80,6 +84,8 @@ def test_tracked_logits_equal_the_official_predictor(official):
         # both ways from the prompted frame: every frame tracked (none left at the never-tracked -1024)
         assert (expected[row].amax(dim=(1, 2)) > -1000).all() and prompted > 0
         assert _rel_l2(result.logits[row], expected[row]) <= TOLERANCE, row
+        # the random model must make masks that are neither empty nor full, so the comparison means something
+        assert 0.01 < float((expected[row] > 0).float().mean()) < 0.99
     assert torch.equal(result.masks, (result.logits > 0).any(0))
 
 
