@@ -21,15 +21,13 @@ import pytest
 import torch
 
 pytest.importorskip("timm", reason="EdgeTAM's RepViT image encoder is a timm model; timm is not installed")
-pytest.importorskip("hydra", reason="the official EdgeTAM code needs hydra-core")
-pytest.importorskip("skimage", reason="the official EdgeTAM reference needs scikit-image (its hole filling)")
 
 import edgetam_reference as reference  # noqa: E402
 
 from cococo_core.masks.tracking import BoxPrompt, PointPrompt, load_tracker, track_masks  # noqa: E402
 
 REPO = os.environ.get("EDGETAM_REPO", "")
-pytestmark = pytest.mark.skipif(
+needs_official = pytest.mark.skipif(
     not (REPO and (Path(REPO) / "sam2" / "configs" / "edgetam.yaml").is_file()),
     reason="set EDGETAM_REPO to a checkout of github.com/facebookresearch/EdgeTAM (the official code, not on PyPI)")
 TOLERANCE = 1e-4
@@ -42,6 +40,8 @@ SEED = 2
 @pytest.fixture(scope="module")
 def official(tmp_path_factory) -> tuple[Path, torch.Tensor]:
     """(the original-layout file, the official predictor's logits (objects, F, H, W))."""
+    pytest.importorskip("hydra", reason="the official EdgeTAM code needs hydra-core")
+    pytest.importorskip("skimage", reason="the official EdgeTAM reference needs scikit-image (its hole filling)")
     out = tmp_path_factory.mktemp("edgetam") / "edgetam.pt"
     script = Path(__file__).with_name("edgetam_reference.py")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -72,6 +72,7 @@ def _track(tracker):
                        points=[p for p in prompts if isinstance(p, PointPrompt)])
 
 
+@needs_official
 def test_tracked_logits_equal_the_official_predictor(official):
     path, expected = official
     tracker = load_tracker(path, image_size=reference.IMAGE_SIZE)
@@ -89,6 +90,7 @@ def test_tracked_logits_equal_the_official_predictor(official):
     assert torch.equal(result.masks, (result.logits > 0).any(0))
 
 
+@needs_official
 def test_every_tensor_of_the_file_is_used(official, tmp_path):
     path, _ = official
     state = torch.load(path, weights_only=True)["model"]
@@ -102,6 +104,7 @@ def test_every_tensor_of_the_file_is_used(official, tmp_path):
         load_tracker(tmp_path / "missing.pt", image_size=reference.IMAGE_SIZE)
 
 
+@needs_official
 def test_hugging_face_folder_tracks_like_the_file(official, tmp_path):
     path, expected = official
     tracker = load_tracker(path, image_size=reference.IMAGE_SIZE)
@@ -113,3 +116,42 @@ def test_hugging_face_folder_tracks_like_the_file(official, tmp_path):
     result = _track(from_folder)
     for row in range(len(result.object_ids)):
         assert _rel_l2(result.logits[row], expected[row]) <= TOLERANCE, row
+
+
+def _tiny_hf_config():
+    """A small ``EdgeTamVideoConfig`` written directly (not through the converter): RepViT widths (8, 16, 24, 32)."""
+    from transformers import EdgeTamVideoConfig, EdgeTamVisionConfig, TimmWrapperConfig
+
+    backbone = TimmWrapperConfig(architecture="repvit_m1", model_args={
+        "in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3], "embed_dim": [8, 16, 24, 32],
+        "depth": [1, 1, 1, 1]})
+    size = reference.IMAGE_SIZE
+    vision = EdgeTamVisionConfig(backbone_config=backbone, backbone_channel_list=[32, 24, 16, 8], fpn_hidden_size=128,
+                                 backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2])
+    return EdgeTamVideoConfig(
+        vision_config=vision, image_size=size, prompt_encoder_config={"hidden_size": 128, "image_size": size},
+        mask_decoder_config={"hidden_size": 128, "mlp_dim": 256, "iou_head_hidden_dim": 128},
+        memory_attention_hidden_size=128, memory_attention_mlp_hidden_size=128,
+        memory_attention_rope_feat_sizes=[size // 16] * 2, memory_attention_rope_k_sizes=[4, 4],
+        perceiver_resampler_num_latents=8, perceiver_resampler_num_latents_2d=16,
+        perceiver_resampler_mlp_intermediate_size=128, memory_encoder_hidden_size=128,
+        mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128, memory_fuser_intermediate_dim=256,
+        enable_occlusion_spatial_embedding=False, enable_temporal_pos_encoding_for_object_pointers=False)
+
+
+def test_hugging_face_folder_tracks_both_ways(tmp_path):
+    """Without the official code: an ``edgetam_video`` folder is recognised, loads and tracks from a prompt on a
+    middle frame forward and backward, with per-frame progress."""
+    from transformers import EdgeTamVideoModel
+
+    torch.manual_seed(0)
+    folder = tmp_path / "edgetam-hf"
+    EdgeTamVideoModel(_tiny_hf_config()).save_pretrained(folder)
+    tracker = load_tracker(folder)
+    assert tracker.kind == "edgetam"
+    done = []
+    result = track_masks(reference.frames(), tracker, boxes=["10,8,40,36@2"],
+                         progress=lambda i, n, _: done.append((i, n)))
+    assert result.logits.shape == (1, reference.FRAMES, reference.HEIGHT, reference.WIDTH)
+    assert (result.logits[0].amax(dim=(1, 2)) > -1000).all()  # every frame tracked, before and after frame 2
+    assert done[-1][0] == done[-1][1] and len(done) == done[-1][1]
