@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
 from .registry import TrackerSource, register_tracker
 from .sam2 import Sam2Tracker, load_video_model, video_model_class
 
@@ -31,8 +33,24 @@ class EdgeTamTracker(Sam2Tracker):
     def _infer(self, session, frame, obj, point_inputs, reverse, encode_memory):
         # EdgeTAM's single-frame step encodes the memory itself (from the raw high-resolution logits, as SAM 2's
         # caller does) and does not return those logits
-        return self.model._run_single_frame_inference(session, frame, obj.index, 1, point_inputs is not None,
-                                                      point_inputs, None, reverse, encode_memory)
+        out = self.model._run_single_frame_inference(session, frame, obj.index, 1, point_inputs is not None,
+                                                     point_inputs, None, reverse, encode_memory)
+        if encode_memory:
+            out["maskmem_features"] = stored_memory(out["maskmem_features"])
+        return out
+
+    def _encode_memory(self, session, frame, high_res, score_logits, from_prompt):
+        features, positions = super()._encode_memory(session, frame, high_res, score_logits, from_prompt)
+        return stored_memory(features), positions
+
+
+def stored_memory(features: torch.Tensor) -> torch.Tensor:
+    """Memory features as the official video predictor keeps them: rounded to bfloat16
+    (``sam2_video_predictor.py`` of the EdgeTAM fork, ``_run_single_frame_inference`` and ``_run_memory_encoder``:
+    ``maskmem_features.to(torch.bfloat16)``), read back in the model's dtype. transformers' ``Sam2VideoModel``
+    rounds them the same way; ``EdgeTamVideoModel`` does not, and its tracked logits then differ from the
+    original's by ~5e-5 (rel-L2) on a random model."""
+    return features.to(torch.bfloat16).to(features.dtype)
 
 
 def _detect(source: TrackerSource) -> bool:
