@@ -49,20 +49,6 @@ def frames() -> np.ndarray:
     return np.stack(clip)
 
 
-def _connected_components(mask: torch.Tensor):
-    from skimage.measure import label
-
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    areas = np.zeros(mask.shape, dtype=np.int32)
-    for index in range(mask.shape[0]):
-        found = label(mask[index, 0].cpu().numpy().astype(bool), connectivity=2)
-        counts = np.bincount(found.ravel())
-        counts[0] = 0
-        labels[index, 0] = found
-        areas[index, 0] = counts[found]
-    return torch.from_numpy(labels), torch.from_numpy(areas)
-
-
 def build_predictor(repo: str, seed: int = 0):
     sys.path.insert(0, repo)
     import timm.models
@@ -77,7 +63,9 @@ def build_predictor(repo: str, seed: int = 0):
                            **kwargs)
 
     official_timm.create_model = tiny_create
-    sys.modules["sam2._C"] = types.SimpleNamespace(get_connected_componnets=_connected_components)
+    from sam2_reference import _connected_components_reference  # tests/ is this script's sys.path[0]
+
+    sys.modules["sam2._C"] = types.SimpleNamespace(get_connected_componnets=_connected_components_reference)
     sam2._C = sys.modules["sam2._C"]
 
     from hydra.utils import instantiate

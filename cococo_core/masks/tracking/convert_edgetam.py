@@ -29,7 +29,7 @@ from typing import Mapping
 import torch
 
 from ..convert_sam import count_indexed, prompt_and_decoder_sizes
-from .convert_sam2 import DEFAULT_IMAGE_SIZE, convert_sam2_state_dict
+from .convert_sam2 import DEFAULT_IMAGE_SIZE, convert_sam2_state_dict, memory_encoder_sizes
 
 REPVIT_ARCHITECTURE = "repvit_m1"  # edgetam.yaml: TimmBackbone name repvit_m1.dist_in1k
 REPVIT_M1 = {"embed_dim": (48, 96, 192, 384), "depth": (2, 2, 14, 2)}
@@ -144,7 +144,6 @@ def edgetam_config_from_state_dict(state: Mapping[str, torch.Tensor], image_size
         raise ValueError(f"EdgeTAM memory width {memory_width}: transformers' EdgeTamVideoModel reads memories of "
                          f"width {TRANSFORMERS_MEMORY_WIDTH} only (its memory cross-attention has kv_in_dim=64)")
     feature_grid = image_size // 16
-    downsampler_convs = count_indexed(keys, r"^memory_encoder\.mask_downsampler\.encoder\.(\d+)\.") // 3
     return EdgeTamVideoConfig(
         vision_config=vision,
         prompt_encoder_config=EdgeTamVideoPromptEncoderConfig(image_size=image_size, **prompt_sizes),
@@ -165,14 +164,5 @@ def edgetam_config_from_state_dict(state: Mapping[str, torch.Tensor], image_size
         perceiver_resampler_attention_head_dim=state["spatial_perceiver.layers.0.attn.to_q.weight"].shape[0],
         perceiver_resampler_num_attention_heads=1,
         perceiver_resampler_num_layers=count_indexed(keys, r"^spatial_perceiver\.layers\.(\d+)\."),
-        memory_encoder_hidden_size=state["memory_encoder.pix_feat_proj.weight"].shape[0],
-        memory_encoder_output_channels=state["memory_encoder.out_proj.weight"].shape[0],
-        mask_downsampler_embed_dim=state[f"memory_encoder.mask_downsampler.encoder.{3 * downsampler_convs}.weight"]
-        .shape[0],
-        mask_downsampler_total_stride=2 ** downsampler_convs,
-        memory_fuser_num_layers=count_indexed(keys, r"^memory_encoder\.fuser\.layers\.(\d+)\."),
-        memory_fuser_embed_dim=state["memory_encoder.fuser.layers.0.dwconv.weight"].shape[0],
-        memory_fuser_intermediate_dim=state["memory_encoder.fuser.layers.0.pwconv1.weight"].shape[0],
-        memory_fuser_kernel_size=state["memory_encoder.fuser.layers.0.dwconv.weight"].shape[-1],
-        memory_fuser_padding=state["memory_encoder.fuser.layers.0.dwconv.weight"].shape[-1] // 2,
+        **memory_encoder_sizes(state),
     )
