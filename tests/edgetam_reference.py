@@ -63,7 +63,7 @@ def build_predictor(repo: str, seed: int = 0):
                            **kwargs)
 
     official_timm.create_model = tiny_create
-    from sam2_reference import _connected_components_reference  # tests/ is this script's sys.path[0]
+    from sam2_reference import _connected_components_reference, apply_postprocessing  # tests/: sys.path[0]
 
     sys.modules["sam2._C"] = types.SimpleNamespace(get_connected_componnets=_connected_components_reference)
     sam2._C = sys.modules["sam2._C"]
@@ -98,11 +98,7 @@ def build_predictor(repo: str, seed: int = 0):
     perceiver.dim, perceiver.dim_head, perceiver.ff_mult = 64, 64, 2
     perceiver.num_latents, perceiver.num_latents_2d = 8, 16
     perceiver.position_encoding.num_pos_feats = 64
-    model.sam_mask_decoder_extra_args = {"dynamic_multimask_via_stability": True,
-                                         "dynamic_multimask_stability_delta": 0.05,
-                                         "dynamic_multimask_stability_thresh": 0.98}
-    model.binarize_mask_from_pts_for_mem_enc = True
-    model.fill_hole_area = 8
+    apply_postprocessing(model)
     torch.manual_seed(seed)
     predictor = instantiate(model, _recursive_=True).eval()
     with torch.no_grad():  # constant-initialised tensors (zeros, norm scales of one) get random values too, so a
