@@ -5,7 +5,7 @@ EdgeTAM is not on the package index and its package is also called ``sam2``, so 
 official SAM 2 package: this script runs in a subprocess with the EdgeTAM checkout first on ``sys.path``
 (``EDGETAM_REPO``). Usage::
 
-    python tests/edgetam_reference.py EDGETAM_REPO OUT.pt
+    python tests/edgetam_reference.py EDGETAM_REPO OUT.pt [SEED]
 
 writes ``{"model": state_dict}`` (the layout of the released ``edgetam.pt``) to OUT.pt and, next to it,
 OUT.pt.logits.pt: the predictor's mask logits at frame resolution for the prompts of :data:`PROMPTS` on
