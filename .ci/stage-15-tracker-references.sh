@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
-PARITY_TESTS=(tests/test_tracking_sam2_parity.py tests/test_tracking_sam3_parity.py)
+PARITY_TESTS=(tests/test_tracking_sam2_parity.py tests/test_tracking_sam3_parity.py tests/test_tracking_edgetam.py)
 venv=$PWD/.tracker-venv
 if [ ! -f "$venv/.tracker-references-ok" ]; then
     rm -rf "$venv"

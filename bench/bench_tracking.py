@@ -1,11 +1,13 @@
-"""SAM 2.1 and SAM 3 video tracking on CPU: time per frame and peak memory for 50 / 200 / 1,000 frames at 480p.
+"""SAM 2.1, EdgeTAM and SAM 3 video tracking on CPU: time per frame and peak memory for 50 / 200 / 1,000 frames at 480p.
 
 Models (random weights, built in memory; the work per frame is the real one):
 
 * ``tiny``: the test suite's tiny-width SAM 2.1 (tests/tiny_trackers.py: released tiny Hiera layout at width 8,
   256 px input);
 * ``full``: the released SAM 2.1 hiera-tiny size (transformers' default ``Sam2VideoConfig``: 1024 px input,
-  Hiera-T, 256-wide memory attention over 7 memory frames and 16 object pointers).
+  Hiera-T, 256-wide memory attention over 7 memory frames and 16 object pointers);
+* ``edgetam-full``: the released EdgeTAM size (``sam2/configs/edgetam.yaml`` of facebookresearch/EdgeTAM: RepViT-M1
+  through timm, 1024 px, 256 + 256 perceiver latents per memory frame; needs timm).
 
 One box on frame 0, tracked forward through every frame, through :func:`cococo_core.masks.tracking.track_masks`.
 Each (model, length) runs in its own process so its peak is its own. Memory columns: ``peak RSS`` (the process's
@@ -69,11 +71,28 @@ def _sam3_model(name: str, device: str = "cpu"):
     return Sam3Tracker(model, load_tokenizer(tiny_models.tokenizer_folder()), "random weights", name)
 
 
+def _edgetam_model(device: str = "cpu"):
+    """EdgeTAM at the released size, random weights (the config of transformers' EdgeTAM conversion script)."""
+    from transformers import EdgeTamVideoConfig, EdgeTamVideoModel, EdgeTamVisionConfig, TimmWrapperConfig
+
+    from cococo_core.masks.tracking.edgetam import EdgeTamTracker
+
+    backbone = TimmWrapperConfig(architecture="repvit_m1", model_args={
+        "in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
+    config = EdgeTamVideoConfig(vision_config=EdgeTamVisionConfig(backbone_config=backbone),
+                                enable_occlusion_spatial_embedding=False,
+                                enable_temporal_pos_encoding_for_object_pointers=False)
+    torch.manual_seed(0)
+    return EdgeTamTracker(EdgeTamVideoModel(config).eval().to(device), "random weights", "edgetam-full")
+
+
 def _model(name: str, device: str = "cpu"):
     from transformers import Sam2VideoConfig, Sam2VideoModel
 
     if name.startswith("sam3"):
         return _sam3_model(name, device)
+    if name == "edgetam-full":
+        return _edgetam_model(device)
 
     from cococo_core.masks.tracking.sam2 import Sam2Tracker
 
@@ -140,7 +159,7 @@ def gpu_note(row: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "full"], choices=["tiny", "full", "sam3-tiny", "sam3-full"])
+    parser.add_argument("--models", nargs="+", default=["tiny", "full"], choices=["tiny", "full", "edgetam-full", "sam3-tiny", "sam3-full"])
     parser.add_argument("--frames", nargs="+", type=int, default=[50, 200, 1000])
     parser.add_argument("--full-frames", nargs="+", type=int, default=None,
                         help="lengths for the full-size model (default: --frames)")

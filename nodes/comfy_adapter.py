@@ -95,8 +95,10 @@ MODEL_KINDS = {
         ModelKind(
             "sam2",
             "a SAM 2 / SAM 2.1 video tracker: an original sam2.1_hiera_{tiny,small,base_plus,large}.pt /"
-            " sam2_hiera_*.pt or a transformers 'sam2_video' folder (EdgeTAM: edgetam.pt)",
-            "https://github.com/facebookresearch/sam2 (checkpoints) or https://huggingface.co/facebook/sam2.1-hiera-tiny",
+            " sam2_hiera_*.pt or a transformers 'sam2_video' folder; or EdgeTAM: the original edgetam.pt or an"
+            " 'edgetam_video' folder (needs timm)",
+            "https://github.com/facebookresearch/sam2 (checkpoints), https://huggingface.co/facebook/sam2.1-hiera-tiny,"
+            " https://github.com/facebookresearch/EdgeTAM (edgetam.pt)",
             folder_markers=("config.json",),
         ),
         ModelKind(

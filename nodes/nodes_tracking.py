@@ -35,8 +35,8 @@ class CoCoCoTrackerLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": (tracker_names(), {"tooltip": "A video tracker: SAM 2 / SAM 2.1 (original "
-                           "sam2.1_hiera_*.pt or a transformers folder) from models/sam2/ (or models/sams/), "
-                           "SAM 3 from models/sam3/."}),
+                           "sam2.1_hiera_*.pt or a transformers folder) or EdgeTAM (edgetam.pt, fast and small; "
+                           "needs timm) from models/sam2/ (or models/sams/), SAM 3 from models/sam3/."}),
             "precision": PRECISION_INPUT,
         }}
 

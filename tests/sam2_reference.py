@@ -35,6 +35,16 @@ def _connected_components_reference(mask: torch.Tensor):
     return torch.from_numpy(labels), torch.from_numpy(areas)
 
 
+def apply_postprocessing(model) -> None:
+    """The hydra overrides of ``build_sam2_video_predictor(apply_postprocessing=True)`` (``build_sam.py``; the same
+    in the EdgeTAM fork) on a model config."""
+    model.sam_mask_decoder_extra_args = {"dynamic_multimask_via_stability": True,
+                                         "dynamic_multimask_stability_delta": 0.05,
+                                         "dynamic_multimask_stability_thresh": 0.98}
+    model.binarize_mask_from_pts_for_mem_enc = True
+    model.fill_hole_area = 8
+
+
 CONFIGS = {"sam2.1": "configs/sam2.1/sam2.1_hiera_t.yaml", "sam2": "configs/sam2/sam2_hiera_t.yaml"}
 
 
@@ -60,12 +70,7 @@ def build_predictor(version: str = "sam2.1", seed: int = 0):
         block.embedding_dim, block.feat_sizes = 128, [IMAGE_SIZE // 16] * 2
     encoder = model.memory_encoder
     encoder.in_dim = encoder.mask_downsampler.embed_dim = encoder.fuser.layer.dim = 128
-    # build_sam2_video_predictor(apply_postprocessing=True)
-    model.sam_mask_decoder_extra_args = {"dynamic_multimask_via_stability": True,
-                                         "dynamic_multimask_stability_delta": 0.05,
-                                         "dynamic_multimask_stability_thresh": 0.98}
-    model.binarize_mask_from_pts_for_mem_enc = True
-    model.fill_hole_area = 8
+    apply_postprocessing(model)
     torch.manual_seed(seed)
     predictor = instantiate(model, _recursive_=True)
     with torch.no_grad():  # the parameters SAM 2 initialises to zero get random values too

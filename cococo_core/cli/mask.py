@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "detection); --fill-holes, --grow, --temporal-smooth and --feather apply to the tracked masks too")
     tracking.add_argument("--tracker", metavar="FILE_OR_FOLDER",
                           help="a video tracker: SAM 2 / SAM 2.1 original sam2.1_hiera_{tiny,small,base_plus,large}.pt"
-                               " / sam2_hiera_*.pt, or a Hugging Face folder (sam2_video, ...)")
+                               " / sam2_hiera_*.pt, EdgeTAM edgetam.pt (fast, small; needs timm), SAM 3 sam3.pt, or a"
+                               " Hugging Face folder (sam2_video, edgetam_video, ...)")
     tracking.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[@FRAME]",
                           help="a box around an object on a frame (pixels; frame 0 when omitted; #ID at the end names "
                                "the object); repeat for more objects")

@@ -108,8 +108,8 @@ TRACKER_MODEL_TYPES = ("sam2_video", "sam2", "sam3_video", "sam3", "edgetam_vide
 
 
 def _tracker_message(path: Path) -> str:
-    return (f"{path} is a SAM 2 / SAM 3 model: it tracks objects through a video instead of masking frames one by "
-            "one. Use it as a tracker: the CoCoCo Tracker Loader + CoCoCo Track Masks nodes (put it in models/sam2/), "
+    return (f"{path} is a SAM 2 / EdgeTAM / SAM 3 model: it tracks objects through a video instead of masking "
+            "frames one by one. Use it as a tracker: the CoCoCo Tracker Loader + CoCoCo Track Masks nodes (put it in models/sam2/), "
             "`cococo mask --tracker FILE`, or cococo_core.masks.tracking.load_tracker")
 
 def load_segmenter(path: str | os.PathLike, *, device="cpu", dtype=torch.float32) -> Segmenter:
@@ -125,9 +125,10 @@ def load_segmenter(path: str | os.PathLike, *, device="cpu", dtype=torch.float32
         model = load_pretrained(SamModel.from_pretrained, path, local_files_only=True)
         return Segmenter(_finish(model, device, dtype), convert_sam.sam_variant(model.config), str(path))
     state = read_checkpoint(path)
+    from .tracking.convert_edgetam import is_original_edgetam
     from .tracking.convert_sam2 import is_original_sam2
 
-    if is_original_sam2(state):
+    if is_original_sam2(state) or is_original_edgetam(state):
         raise ValueError(_tracker_message(path))
     if not convert_sam.is_original_sam(state):
         raise ValueError(

@@ -208,8 +208,6 @@ def sam2_config_from_state_dict(state: Mapping[str, torch.Tensor], image_size: i
     prompt = Sam2VideoPromptEncoderConfig(image_size=image_size, **prompt_sizes)
     decoder = Sam2VideoMaskDecoderConfig(**decoder_sizes)
     memory_hidden = state["memory_attention.norm.weight"].shape[0]
-    memory_channels = state["memory_encoder.out_proj.weight"].shape[0]
-    downsampler_convs = count_indexed(keys, r"^memory_encoder\.mask_downsampler\.encoder\.(\d+)\.") // 3
     sam2_1 = "obj_ptr_tpos_proj.weight" in state
     feature_grid = image_size // 16
     return Sam2VideoConfig(
@@ -224,16 +222,28 @@ def sam2_config_from_state_dict(state: Mapping[str, torch.Tensor], image_size: i
         memory_attention_num_layers=count_indexed(keys, r"^memory_attention\.layers\.(\d+)\."),
         memory_attention_feed_forward_hidden_size=state["memory_attention.layers.0.linear1.weight"].shape[0],
         memory_attention_rope_feat_sizes=[feature_grid, feature_grid],
+        **memory_encoder_sizes(state),
+    )
+
+
+def memory_encoder_sizes(state: Mapping[str, torch.Tensor]) -> dict:
+    """The memory encoder's config sizes (``Sam2VideoConfig`` / ``EdgeTamVideoConfig`` share them) from the shapes
+    of an original-layout state dict: pixel projection, output width, mask down-sampler (conv, LayerNorm2d, GELU
+    per stride-2 step, then a 1x1 conv) and the ConvNeXt fuser."""
+    keys = list(state)
+    downsampler_convs = count_indexed(keys, r"^memory_encoder\.mask_downsampler\.encoder\.(\d+)\.") // 3
+    fuser = "memory_encoder.fuser.layers.0"
+    return dict(
         memory_encoder_hidden_size=state["memory_encoder.pix_feat_proj.weight"].shape[0],
-        memory_encoder_output_channels=memory_channels,
+        memory_encoder_output_channels=state["memory_encoder.out_proj.weight"].shape[0],
         mask_downsampler_embed_dim=state[f"memory_encoder.mask_downsampler.encoder.{3 * downsampler_convs}.weight"]
         .shape[0],
         mask_downsampler_total_stride=2 ** downsampler_convs,
         memory_fuser_num_layers=count_indexed(keys, r"^memory_encoder\.fuser\.layers\.(\d+)\."),
-        memory_fuser_embed_dim=state["memory_encoder.fuser.layers.0.dwconv.weight"].shape[0],
-        memory_fuser_intermediate_dim=state["memory_encoder.fuser.layers.0.pwconv1.weight"].shape[0],
-        memory_fuser_kernel_size=state["memory_encoder.fuser.layers.0.dwconv.weight"].shape[-1],
-        memory_fuser_padding=state["memory_encoder.fuser.layers.0.dwconv.weight"].shape[-1] // 2,
+        memory_fuser_embed_dim=state[f"{fuser}.dwconv.weight"].shape[0],
+        memory_fuser_intermediate_dim=state[f"{fuser}.pwconv1.weight"].shape[0],
+        memory_fuser_kernel_size=state[f"{fuser}.dwconv.weight"].shape[-1],
+        memory_fuser_padding=state[f"{fuser}.dwconv.weight"].shape[-1] // 2,
     )
 
 

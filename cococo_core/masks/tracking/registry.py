@@ -24,6 +24,7 @@ from .base import Tracker
 # each backend module adds its line here (it registers itself when imported)
 BUILTIN_BACKENDS: tuple[str, ...] = (
     "cococo_core.masks.tracking.sam2",
+    "cococo_core.masks.tracking.edgetam",
     "cococo_core.masks.tracking.sam3",
 )
 

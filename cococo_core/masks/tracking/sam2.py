@@ -89,6 +89,13 @@ class Sam2Tracker(Tracker):
         super().__init__(source, variant)
         self.model = model
 
+    def _new_session(self, **kwargs):
+        """The inference session of the model's family (``Sam2VideoInferenceSession`` here; a model with the same
+        video API names its own in a subclass)."""
+        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+        return Sam2VideoInferenceSession(**kwargs)
+
     # -- prompts --------------------------------------------------------------------------------------------
 
     def _point_inputs(self, prompts: Sequence[TrackPrompt], size: tuple[int, int], device) -> dict:
@@ -116,6 +123,16 @@ class Sam2Tracker(Tracker):
         feats, _ = self.model._prepare_vision_features(session, frame, batch_size=1)
         return self.model._encode_new_memory(feats[-1], high_res, score_logits, is_mask_from_pts=from_prompt)
 
+    def _infer(self, session, frame: int, obj: _Object, point_inputs, reverse: bool, encode_memory: bool) -> dict:
+        """One frame's decoder outputs for one object (an initial conditioning frame when ``point_inputs`` are
+        given); with ``encode_memory``, its memory encoded from the raw high-resolution logits."""
+        out = self.model._run_single_frame_inference(session, frame, obj.index, 1, point_inputs is not None,
+                                                     point_inputs, None, reverse)
+        if encode_memory:
+            out["maskmem_features"], out["maskmem_pos_enc"] = self._encode_memory(
+                session, frame, out["high_res_masks"], out["object_score_logits"], False)
+        return out
+
     def _store(self, session, obj: _Object, frame: int, out: dict, cond: bool) -> None:
         out = {k: v for k, v in out.items() if k != "high_res_masks"}
         session.store_output(obj.index, frame, output_value=out, is_conditioning_frame=cond)
@@ -126,7 +143,7 @@ class Sam2Tracker(Tracker):
         model = self.model
         point_inputs = self._point_inputs(prompts, size, session.inference_device)
         session.add_point_inputs(obj.index, frame, point_inputs)
-        out = model._run_single_frame_inference(session, frame, obj.index, 1, True, point_inputs, None, False)
+        out = self._infer(session, frame, obj, point_inputs, False, encode_memory=False)
         out["pred_masks"] = fill_small_holes(out["pred_masks"], fill_hole_area)
         high_res = F.interpolate(out["pred_masks"], size=(model.config.image_size,) * 2, mode="bilinear",
                                  align_corners=False)
@@ -140,9 +157,7 @@ class Sam2Tracker(Tracker):
         cond = session.output_dict_per_obj[obj.index]["cond_frame_outputs"]
         if frame in cond:
             return cond[frame]["pred_masks"].to(session.inference_device)
-        out = self.model._run_single_frame_inference(session, frame, obj.index, 1, False, None, None, reverse)
-        out["maskmem_features"], out["maskmem_pos_enc"] = self._encode_memory(
-            session, frame, out["high_res_masks"], out["object_score_logits"], False)
+        out = self._infer(session, frame, obj, None, reverse, encode_memory=True)
         out["pred_masks"] = fill_small_holes(out["pred_masks"], fill_hole_area)
         self._store(session, obj, frame, out, cond=False)
         session.frames_tracked_per_obj[obj.index][frame] = {"reverse": reverse}
@@ -166,8 +181,6 @@ class Sam2Tracker(Tracker):
               cancel=None, detector=None, key_frame: int = 0, detect_every: int = 0, box_threshold: float = 0.35,
               text_threshold: float = 0.25, max_objects: int = 10, match_iou: float = 0.3, detection_size: int = 800,
               fill_hole_area: int = FILL_HOLE_AREA, offload_state_to_cpu: bool = True) -> TrackResult:
-        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
-
         from .api import as_uint8_frames
 
         frames = as_uint8_frames(frames)
@@ -180,9 +193,8 @@ class Sam2Tracker(Tracker):
         parameter = next(self.model.parameters())
         device, dtype = parameter.device, parameter.dtype
         state_device = torch.device("cpu") if offload_state_to_cpu else device
-        session = Sam2VideoInferenceSession(video_height=height, video_width=width, inference_device=device,
-                                            inference_state_device=state_device, video_storage_device="cpu",
-                                            dtype=dtype)
+        session = self._new_session(video_height=height, video_width=width, inference_device=device,
+                                    inference_state_device=state_device, video_storage_device="cpu", dtype=dtype)
         session.processed_frames = _PreprocessedFrames(frames, self.model.config.image_size, dtype)
 
         prompts = list(prompts)
@@ -319,36 +331,53 @@ def _detect(source: TrackerSource) -> bool:
     return is_original_sam2(source.state())
 
 
-def load_sam2(source: TrackerSource, device=None, dtype=None, image_size: Optional[int] = None) -> Sam2Tracker:
-    """A :class:`Sam2Tracker` from an original ``sam2(.1)_hiera_*.pt`` or a Hugging Face ``sam2_video`` folder.
+def video_model_class(name: str, what: str):
+    """``transformers.<name>`` (e.g. ``Sam2VideoModel``), or an ImportError that says to upgrade transformers."""
+    import transformers
 
-    ``image_size``: the model's input size for an original file (every released SAM 2 uses 1024)."""
     try:
-        from transformers import Sam2VideoModel
-    except ImportError as error:
-        import transformers
-
-        raise ImportError(f"SAM 2 tracking needs a transformers release with Sam2VideoModel; transformers "
+        return getattr(transformers, name)
+    except AttributeError as error:
+        raise ImportError(f"{what} tracking needs a transformers release with {name}; transformers "
                           f"{transformers.__version__} has none: upgrade transformers") from error
 
+
+def load_video_model(model_class, source: TrackerSource, device, dtype, config_fn, convert_fn, what: str):
+    """A model of ``model_class`` (``Sam2VideoModel``, ``EdgeTamVideoModel``: the same video API) from a Hugging Face
+    folder, or built from ``config_fn(state)`` and loaded with ``convert_fn(state)`` for an original checkpoint file,
+    every tensor accounted for; on ``device`` in ``dtype``, in eval mode."""
     from ..loading import _finish, _load_into
-    from . import convert_sam2
 
     device = device or torch.device("cpu")
     dtype = dtype or torch.float32
     if source.is_folder:
-        if source.model_type != "sam2_video":
-            raise ValueError(f"{source.path}: a Hugging Face '{source.model_type}' folder is SAM 2's image model; "
-                             "video tracking needs a 'sam2_video' folder (e.g. facebook/sam2.1-hiera-tiny)")
-        model = Sam2VideoModel.from_pretrained(str(source.path), local_files_only=True)
-        hidden = model.config.vision_config.backbone_config.hidden_size
-        return Sam2Tracker(_finish(model, device, dtype), str(source.path), f"hf (hiera width {hidden})")
-    state = source.state()
-    config = convert_sam2.sam2_config_from_state_dict(state, image_size or convert_sam2.DEFAULT_IMAGE_SIZE)
-    model = Sam2VideoModel(config)
-    _load_into(model, convert_sam2.convert_sam2_state_dict(state), source.path, "SAM 2")
-    variant = f"{convert_sam2.sam2_version(state)} {convert_sam2.hiera_variant(state)}"
-    return Sam2Tracker(_finish(model, device, dtype), str(source.path), variant)
+        model = model_class.from_pretrained(str(source.path), local_files_only=True)
+    else:
+        state = source.state()
+        model = model_class(config_fn(state))
+        _load_into(model, convert_fn(state), source.path, what)
+    return _finish(model, device, dtype)
+
+
+def load_sam2(source: TrackerSource, device=None, dtype=None, image_size: Optional[int] = None) -> Sam2Tracker:
+    """A :class:`Sam2Tracker` from an original ``sam2(.1)_hiera_*.pt`` or a Hugging Face ``sam2_video`` folder.
+
+    ``image_size``: the model's input size for an original file (every released SAM 2 uses 1024)."""
+    from . import convert_sam2
+
+    model_class = video_model_class("Sam2VideoModel", "SAM 2")
+    if source.is_folder and source.model_type != "sam2_video":
+        raise ValueError(f"{source.path}: a Hugging Face '{source.model_type}' folder is SAM 2's image model; "
+                         "video tracking needs a 'sam2_video' folder (e.g. facebook/sam2.1-hiera-tiny)")
+    model = load_video_model(
+        model_class, source, device, dtype,
+        lambda state: convert_sam2.sam2_config_from_state_dict(state, image_size or convert_sam2.DEFAULT_IMAGE_SIZE),
+        convert_sam2.convert_sam2_state_dict, "SAM 2")
+    if source.is_folder:
+        variant = f"hf (hiera width {model.config.vision_config.backbone_config.hidden_size})"
+    else:
+        variant = f"{convert_sam2.sam2_version(source.state())} {convert_sam2.hiera_variant(source.state())}"
+    return Sam2Tracker(model, str(source.path), variant)
 
 
 register_tracker("sam2", _detect, load_sam2,
